@@ -1,0 +1,75 @@
+"""``s4d-export``: plan, export and build Sculpt4D deployments."""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+
+from sdk.sparse import PRESETS, PatternError
+
+app = typer.Typer(help="Sculpt4D export tools: FLOPs planner (ONNX export and TensorRT builds arrive "
+                       "in later releases).", no_args_is_help=True, add_completion=False)
+
+SCHEDULE_HELP = (f"Block-sparse schedule: a preset ({', '.join(PRESETS)}) or comma-separated strides, "
+                 "e.g. 1,1,2,4.")
+
+
+@app.callback()
+def _root() -> None:
+    """Sculpt4D export tools."""
+
+
+def parse_schedule(text: str) -> str | tuple[int, ...]:
+    """A preset name, or comma-separated positive integers."""
+    if text in PRESETS:
+        return text
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a list of integers")
+
+
+@app.command()
+def flops(
+    frames: List[int] = typer.Option([16], "--frames", "-f", help="Frame count T (repeat for a table over T)."),
+    schedule: str = typer.Option("sculpt4d", "--schedule", "-s", help=SCHEDULE_HELP),
+    no_anchor: bool = typer.Option(False, "--no-anchor", help="Drop the first-frame anchor column."),
+    steps: int = typer.Option(50, help="Sampler steps for the per-sequence total."),
+    no_cfg: bool = typer.Option(False, "--no-cfg", help="Count one branch per step instead of cond + uncond."),
+    tokens: Optional[int] = typer.Option(None, help="Latent tokens per frame P (default: the full config's 4096)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+) -> None:
+    """FLOPs of the full-size Sculpt4D DiT: per forward and per sequence, sparse vs full attention.
+
+    Splits spatial, cross and temporal attention, linear layers and the MoE, and prints the
+    temporal-attention ratio and the whole-network ratio (sparse / full) with the counting
+    conventions used.
+    """
+    from sdk.flops import estimate_flops
+
+    try:
+        sched = parse_schedule(schedule)
+        reports = [estimate_flops(num_frames=t, schedule=sched, anchor=not no_anchor, steps=steps,
+                                  cfg_batch=1 if no_cfg else 2, tokens_per_frame=tokens) for t in frames]
+    except (PatternError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2)
+    if as_json:
+        payload = [r.as_dict() for r in reports]
+        typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        return
+    for i, r in enumerate(reports):
+        text = r.table()
+        if i < len(reports) - 1:
+            text = text.split("\n\nCounting conventions:")[0] + "\n"
+        typer.echo(text)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

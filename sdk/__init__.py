@@ -1,0 +1,7 @@
+"""Sculpt4D SDK: run video -> 4D mesh diffusion transformers fast and faithfully."""
+
+from .config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig
+
+__version__ = "0.1.0"
+
+__all__ = ["ConditionerConfig", "DiTConfig", "TemporalConfig", "VAEConfig", "__version__"]

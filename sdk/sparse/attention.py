@@ -1,0 +1,209 @@
+"""Block-sparse attention: the one entry point every caller uses, and its backends.
+
+``block_sparse_attention(q, k, v, pattern, block_size)`` takes ``[B, H, T*P, D]`` tensors
+in frame-major token order and returns the same shape.  Backends:
+
+* ``reference`` - dense additive mask, fp32 softmax; O(N^2) memory. The test oracle.
+* ``torch``     - gathers each query block's key blocks (CSR lists); O(nnz) memory; any device.
+* ``cpu``       - the C++ kernel in ``cpp_ext/cpu`` (online softmax, multi-threaded).
+* ``auto``      - ``torch.ops.s4d.block_sparse_attention``: the custom op the model, the
+  exporter and ``torch.compile`` see; it runs the fastest implementation for the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+
+from .pattern import PatternError, SparsePattern
+
+BACKENDS = ("auto", "reference", "torch", "cpu")
+
+# Cap on the temporary score tensor of the torch-blocked backend (elements, fp32).
+_BLOCKED_SCORE_BUDGET = 1 << 25
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: SparsePattern,
+                  block_size: int) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, T*P, D], got shape {tuple(t.shape)}")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    n = q.shape[2]
+    expected = pattern.num_blocks * block_size
+    if n != expected:
+        raise PatternError(
+            f"sequence length {n} does not match the pattern: {pattern.num_frames} frames x "
+            f"{pattern.blocks_per_frame} blocks x block size {block_size} = {expected} tokens")
+
+
+def _default_scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+# --------------------------------------------------------------------------------------
+# reference: dense mask, the oracle
+# --------------------------------------------------------------------------------------
+def reference_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                     pattern: SparsePattern, block_size: int,
+                                     scale: float | None = None) -> torch.Tensor:
+    """Dense attention with the block mask expanded to tokens; fp32 math; O(N^2) memory."""
+    _check_inputs(q, k, v, pattern, block_size)
+    scale = _default_scale(q, scale)
+    token_mask = pattern.block_mask().to(q.device)
+    token_mask = token_mask.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~token_mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, v.float()).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# torch: blocked gather over the CSR lists, O(nnz) memory
+# --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def _padded_lists(pattern: SparsePattern) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR rows padded to the longest row: ``index [R, M]`` (pad = 0) and ``valid [R, M]``."""
+    offsets, indices = pattern.kv_block_lists()
+    counts = (offsets[1:] - offsets[:-1]).long()
+    rows, width = counts.numel(), int(counts.max())
+    slot = torch.arange(width)
+    valid = slot[None, :] < counts[:, None]
+    flat = (offsets[:-1].long()[:, None] + slot[None, :]).clamp(max=max(indices.numel() - 1, 0))
+    index = torch.where(valid, indices.long()[flat], torch.zeros((), dtype=torch.long))
+    return index, valid
+
+
+def blocked_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                   pattern: SparsePattern, block_size: int,
+                                   scale: float | None = None) -> torch.Tensor:
+    """Gather each query block's key blocks and attend them; fp32 softmax; O(nnz) memory.
+
+    Query-block rows are processed in chunks so the score tensor stays under a fixed budget.
+    """
+    _check_inputs(q, k, v, pattern, block_size)
+    scale = _default_scale(q, scale)
+    B, H, N, D = q.shape
+    R = pattern.num_blocks
+    index, valid = _padded_lists(pattern)
+    index, valid = index.to(q.device), valid.to(q.device)
+    M = index.shape[1]
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) and q.device.type == "cpu" else q.dtype
+
+    qb = q.reshape(B, H, R, block_size, D)
+    kb = k.reshape(B, H, R, block_size, D)
+    vb = v.reshape(B, H, R, block_size, D)
+    out = torch.empty_like(q).reshape(B, H, R, block_size, D)
+    rows_per_chunk = max(1, _BLOCKED_SCORE_BUDGET // max(1, B * H * block_size * M * block_size))
+    for r0 in range(0, R, rows_per_chunk):
+        r1 = min(R, r0 + rows_per_chunk)
+        idx = index[r0:r1]  # [c, M]
+        keys = kb[:, :, idx].reshape(B, H, r1 - r0, M * block_size, D)
+        vals = vb[:, :, idx].reshape(B, H, r1 - r0, M * block_size, D)
+        scores = torch.matmul(qb[:, :, r0:r1].to(compute), keys.to(compute).transpose(-1, -2)).float()
+        scores = scores * scale
+        key_valid = valid[r0:r1].repeat_interleave(block_size, dim=1)  # [c, M*bs]
+        scores = scores.masked_fill(~key_valid[None, None, :, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[:, :, r0:r1] = torch.matmul(probs.to(compute), vals.to(compute)).to(q.dtype)
+    return out.reshape(B, H, N, D)
+
+
+# --------------------------------------------------------------------------------------
+# the custom op: one node for the model, torch.compile and the exporter
+# --------------------------------------------------------------------------------------
+@torch.library.custom_op("s4d::block_sparse_attention", mutates_args=())
+def _block_sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int,
+                               block_size: int, schedule: Sequence[int], anchor: bool,
+                               scale: float) -> torch.Tensor:
+    """``s4d::block_sparse_attention(q, k, v, num_frames, block_size, schedule, anchor, scale)``.
+
+    The pattern is given by its parameters (not its CSR lists) so an exporter can write them
+    as node attributes and an engine can rebuild the identical lists from them.
+    """
+    tokens_per_frame = q.shape[2] // num_frames
+    if tokens_per_frame * num_frames != q.shape[2]:
+        raise PatternError(f"sequence length {q.shape[2]} is not divisible by num_frames={num_frames}")
+    pattern = SparsePattern.for_tokens(num_frames, tokens_per_frame, block_size, tuple(schedule), anchor)
+    return _fastest_backend(q)(q, k, v, pattern, block_size, scale)
+
+
+@_block_sparse_attention_op.register_fake
+def _(q, k, v, num_frames, block_size, schedule, anchor, scale):
+    return torch.empty_like(q)
+
+
+def _fastest_backend(q: torch.Tensor):
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and _cpu_kernel_ready():
+        return _cpu_kernel_attention
+    return blocked_block_sparse_attention
+
+
+def _cpu_kernel_ready() -> bool:
+    try:
+        from ..kernels.cpu import cpu_kernel_available
+    except ImportError:
+        return False
+    return cpu_kernel_available()
+
+
+def _op_setup_context(ctx, inputs, output):
+    q, k, v, num_frames, block_size, schedule, anchor, scale = inputs
+    ctx.save_for_backward(q, k, v)
+    ctx.params = (num_frames, block_size, tuple(schedule), anchor, scale)
+
+
+def _op_backward(ctx, grad_out):
+    """Gradients by differentiating the torch-blocked backend (recomputes the forward)."""
+    q, k, v = ctx.saved_tensors
+    num_frames, block_size, schedule, anchor, scale = ctx.params
+    pattern = SparsePattern.for_tokens(num_frames, q.shape[2] // num_frames, block_size, schedule, anchor)
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = blocked_block_sparse_attention(*leaves, pattern, block_size, scale)
+        grads = torch.autograd.grad(out, leaves, grad_out)
+    return (*grads, None, None, None, None, None)
+
+
+_block_sparse_attention_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _cpu_kernel_attention(q, k, v, pattern: SparsePattern, block_size: int, scale: float | None = None):
+    from ..kernels.cpu import block_sparse_attention_cpu, cpu_kernel_available, cpu_kernel_unavailable_reason
+
+    _check_inputs(q, k, v, pattern, block_size)
+    if q.device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got {q.device}")
+    if not cpu_kernel_available():
+        raise RuntimeError(f"the C++ CPU kernel is unavailable: {cpu_kernel_unavailable_reason()}")
+    offsets, indices = pattern.kv_block_lists()
+    return block_sparse_attention_cpu(q, k, v, offsets, indices, block_size, _default_scale(q, scale))
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: SparsePattern,
+                           block_size: int, scale: float | None = None,
+                           backend: str = "auto") -> torch.Tensor:
+    """Sculpt4D block-sparse attention over ``[B, H, T*P, D]`` frame-major tokens.
+
+    ``pattern`` gives frames, blocks per frame, schedule and anchor; ``block_size`` the tokens
+    per block (``P = pattern.blocks_per_frame * block_size``). ``scale`` defaults to D^-0.5.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    _check_inputs(q, k, v, pattern, block_size)
+    if backend == "reference":
+        return reference_block_sparse_attention(q, k, v, pattern, block_size, scale)
+    if backend == "torch":
+        return blocked_block_sparse_attention(q, k, v, pattern, block_size, scale)
+    if backend == "cpu":
+        return _cpu_kernel_attention(q, k, v, pattern, block_size, scale)
+    return torch.ops.s4d.block_sparse_attention(q, k, v, pattern.num_frames, block_size,
+                                                list(pattern.schedule), pattern.anchor,
+                                                _default_scale(q, scale))
