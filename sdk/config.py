@@ -101,7 +101,8 @@ class DiTConfig:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "DiTConfig":
-        base = cls(input_size=64, in_channels=8, hidden_size=64, context_dim=32, depth=5,
+        # context_dim matches ConditionerConfig.tiny().hidden_size so the tiny parts compose
+        base = cls(input_size=64, in_channels=8, hidden_size=64, context_dim=128, depth=5,
                    num_heads=4, num_moe_layers=2, num_experts=4, moe_top_k=2,
                    temporal=TemporalConfig(block_size=16))
         return dataclasses.replace(base, **overrides)

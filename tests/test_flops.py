@@ -12,7 +12,7 @@ from sdk.sparse import SparsePattern
 
 
 def test_hand_count_on_a_small_config():
-    cfg = DiTConfig.tiny()  # C=64, depth 5, 2 MoE layers of 4 experts top-2, P=64, Cc=32
+    cfg = DiTConfig.tiny()  # C=64, depth 5, 2 MoE layers of 4 experts top-2, P=64, Cc=128
     T, L, P, C, N = 3, 10, 64, 64, 65
     r = estimate_flops(cfg, num_frames=T, context_tokens=L, steps=7, cfg_batch=2)
     assert r.spatial_attention == 5 * T * 4 * N * N * C
@@ -20,7 +20,7 @@ def test_hand_count_on_a_small_config():
     assert r.temporal_attention_full == 5 * 4 * (T * P) ** 2 * C
     density = SparsePattern.for_tokens(T, P, 16).density()
     assert r.temporal_attention_sparse == pytest.approx(r.temporal_attention_full * density)
-    per_block = 4 * 2 * N * C * C + 2 * 2 * N * C * C + 2 * 2 * L * 32 * C + 4 * 2 * P * C * C
+    per_block = 4 * 2 * N * C * C + 2 * 2 * N * C * C + 2 * 2 * L * 128 * C + 4 * 2 * P * C * C
     ffn = 2 * 2 * N * C * 256
     skips = 2  # blocks 3, 4
     linear = T * (5 * per_block + 3 * ffn + skips * 2 * N * 2 * C * C + 2 * 2 * P * 8 * C) + 2 * 2 * C * 4 * C

@@ -1,17 +1,178 @@
-"""``s4d-convert``: batch video -> mesh-sequence converter."""
+"""``s4d-convert``: batch video -> mesh-sequence converter.
+
+Each input writes ``OUTDIR/<input name>/`` (meshes, sequence, conditioning images, manifest).
+A failing input is reported (what and why) and the batch goes on. Exit code: 0 when every
+input succeeded or was skipped, 1 when any failed, 2 for usage errors (bad options, no model).
+"""
 
 from __future__ import annotations
 
+import glob
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-app = typer.Typer(add_completion=False)
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 
-@app.command()
-def convert() -> None:
-    """Not available yet: video -> mesh conversion lands with the Generator (issue #4)."""
-    typer.echo("s4d-convert: video -> mesh conversion is not implemented in this release yet; "
-               "see README 'Status'.", err=True)
+@dataclass
+class Item:
+    """One conversion job: a video file or a directory of frames."""
+
+    input: str
+    name: str
+    output: str = ""
+    status: str = "pending"  # ok | failed | skipped
+    error: str | None = None
+    frames: int = 0
+    seconds: float = 0.0
+
+
+def expand_inputs(inputs: List[str]) -> List[Item]:
+    """Globs, directories of videos (one item per video), directories of frames (one item),
+    and plain files. Unusable arguments become failed items, so the batch still runs."""
+    items: List[Item] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists() and any(c in raw for c in "*?["):
+            matches = sorted(glob.glob(raw))
+            if not matches:
+                items.append(Item(raw, path.name or raw, status="failed", error="no file matches this pattern"))
+            items.extend(Item(m, Path(m).stem) for m in matches)
+        elif path.is_dir():
+            children = sorted(p for p in path.iterdir() if p.is_file())
+            videos = [p for p in children if p.suffix.lower() in VIDEO_EXTENSIONS]
+            if videos:
+                items.extend(Item(str(v), v.stem) for v in videos)
+            elif any(p.suffix.lower() in IMAGE_EXTENSIONS for p in children):
+                items.append(Item(str(path), path.name))
+            else:
+                items.append(Item(raw, path.name, status="failed",
+                                  error="directory has no videos " f"({', '.join(sorted(VIDEO_EXTENSIONS))}) "
+                                        f"and no frames ({', '.join(sorted(IMAGE_EXTENSIONS))})"))
+        else:
+            items.append(Item(raw, path.stem or raw))  # missing files fail later with a clear error
+    seen: dict[str, int] = {}
+    for item in items:  # a.mp4 and a.mov must not share an output directory
+        count = seen.get(item.name, 0)
+        seen[item.name] = count + 1
+        if count:
+            item.name = f"{item.name}-{count}"
+    return items
+
+
+@app.command(help=__doc__)
+def convert(
+    inputs: List[str] = typer.Argument(..., help="Video files, globs, directories of videos, or directories of "
+                                                 "frames (png/jpg/webp)."),
+    outdir: Path = typer.Option(..., "--output", "-o", help="Output directory; each input writes OUTDIR/<name>/."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint file/directory, or 'tiny-random' "
+                                                                    "(random weights, for smoke tests)."),
+    frames: int = typer.Option(16, "--frames", "-n", help="Frames sampled evenly over the video."),
+    steps: int = typer.Option(50, help="Flow-matching sampler steps."),
+    guidance: float = typer.Option(5.0, help="Classifier-free guidance scale (1 disables CFG)."),
+    resolution: int = typer.Option(256, help="Marching-cubes grid resolution R (256 fast, 384 quality)."),
+    seed: int = typer.Option(0, help="Random seed of the initial noise."),
+    formats: List[str] = typer.Option(["glb"], "--format", "-f", help="Mesh formats, repeatable: glb, obj, ply, "
+                                                                       "usd/usda, usdc."),
+    backend: str = typer.Option("auto", help="Inference backend: auto, torch (onnxruntime and tensorrt: later)."),
+    device: Optional[str] = typer.Option(None, help="Device, e.g. cpu or cuda:0 (default: cuda if available)."),
+    matting: str = typer.Option("auto", help="Background removal: auto (alpha, else rembg if its model is on "
+                                             "disk, else border-colour key), border, rembg, none."),
+    decode: str = typer.Option("hierarchical", help="Field decoding: hierarchical or dense."),
+    noise: str = typer.Option("shared", help="Initial noise: shared (one tensor for all frames) or independent."),
+    start: Optional[float] = typer.Option(None, help="Start time in seconds (videos)."),
+    end: Optional[float] = typer.Option(None, help="End time in seconds (videos)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output directory exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output directories."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from ..meshseq import _check_formats
+    from ..pipeline import Generator, GeneratorError, default_generator_unavailable
+
+    if skip_existing and overwrite:
+        _usage_error("--skip-existing and --overwrite exclude each other")
+    try:
+        formats = _check_formats(formats)
+    except ValueError as exc:
+        _usage_error(str(exc))
+    if model is None:
+        _usage_error(default_generator_unavailable())
+    try:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generator = Generator.from_pretrained(model, backend=backend, device=device)
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+    except (GeneratorError, ValueError, OSError) as exc:
+        _usage_error(f"cannot load model {model!r}: {exc}")
+
+    items = expand_inputs(inputs)
+    show_progress = not quiet and sys.stderr.isatty()
+    for index, item in enumerate(items):
+        if item.status == "failed":
+            _report(item, as_json)
+            continue
+        target = outdir / item.name
+        item.output = str(target)
+        if target.exists() and skip_existing:
+            item.status = "skipped"
+            _report(item, as_json)
+            continue
+        if target.exists() and not overwrite:
+            item.status, item.error = "failed", f"output {target} exists (use --overwrite or --skip-existing)"
+            _report(item, as_json)
+            continue
+        t0 = time.perf_counter()
+        try:
+            if not quiet:
+                typer.echo(f"[{index + 1}/{len(items)}] {item.input}", err=True)
+            seq = generator(item.input, num_frames=frames, steps=steps, guidance=guidance, seed=seed,
+                            resolution=resolution, decode=decode, noise=noise, matting=matting, start=start,
+                            end=end, progress=show_progress)
+            seq.save(target, formats=formats, overwrite=overwrite)
+            item.status, item.frames = "ok", len(seq)
+        except (ValueError, OSError, RuntimeError) as exc:
+            item.status, item.error = "failed", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # keep the batch going; say it is ours
+            item.status, item.error = "failed", f"internal error ({type(exc).__name__}): {exc}"
+        item.seconds = round(time.perf_counter() - t0, 3)
+        _report(item, as_json)
+
+    summary = {"outdir": str(outdir), "model": model, "items": [asdict(i) for i in items],
+               "succeeded": sum(i.status == "ok" for i in items), "skipped": sum(i.status == "skipped" for i in items),
+               "failed": sum(i.status == "failed" for i in items)}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"{summary['succeeded']} converted, {summary['skipped']} skipped, {summary['failed']} failed "
+                   f"-> {outdir}", err=True)
+    raise typer.Exit(code=1 if summary["failed"] else 0)
+
+
+def _report(item: Item, as_json: bool) -> None:
+    if item.status == "ok":
+        line = f"ok      {item.input} -> {item.output} ({item.frames} meshes, {item.seconds:.1f} s)"
+    elif item.status == "skipped":
+        line = f"skipped {item.input}: {item.output} exists"
+    else:
+        line = f"FAILED  {item.input}: {item.error}"
+    typer.echo(line, err=True)
+
+
+def _usage_error(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
 
 

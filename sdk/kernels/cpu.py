@@ -41,7 +41,7 @@ __all__ = [
 
 _SOURCE_REL = Path("cpu") / "block_sparse_attention_cpu.cpp"
 _HEADER_REL = Path("include") / "s4d" / "block_sparse_attention.h"
-_BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
+_BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared"]
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 _MAX_HEAD_DIM = 256
 _MAX_BLOCK_SIZE = 256
@@ -55,6 +55,10 @@ _log: list[str] = []
 
 class KernelBuildError(RuntimeError):
     """The CPU kernel could not be compiled or loaded."""
+
+
+class _CompileFailed(KernelBuildError):
+    """The compiler ran and rejected the source or the flags."""
 
 
 def cpp_ext_dir() -> Path:
@@ -130,36 +134,31 @@ def _machine_key() -> str:
     return "\n".join(parts)
 
 
-def _flags(cxx: str) -> list[str]:
-    flags = list(_BASE_FLAGS)
-    if os.environ.get("S4D_CPU_KERNEL_NATIVE", "1") != "0" and _accepts_flag(cxx, "-march=native"):
-        flags.append("-march=native")
-    flags += shlex.split(os.environ.get("S4D_CPU_KERNEL_EXTRA_FLAGS", ""))
-    return flags
+def _flag_sets(cxx: str) -> list[list[str]]:
+    """Flag sets to try in order: with OpenMP, then (if that fails to build) without it."""
+    extra = ["-march=native"] if (os.environ.get("S4D_CPU_KERNEL_NATIVE", "1") != "0"
+                                  and _accepts_flag(cxx, "-march=native")) else []
+    extra += shlex.split(os.environ.get("S4D_CPU_KERNEL_EXTRA_FLAGS", ""))
+    with_omp = [*_BASE_FLAGS, "-fopenmp", *extra]
+    return [with_omp, [*_BASE_FLAGS, *extra]]
 
 
-def _build() -> Path:
-    root = cpp_ext_dir()
-    src, hdr = root / _SOURCE_REL, root / _HEADER_REL
-    for path in (src, hdr):
-        if not path.is_file():
-            raise KernelBuildError(f"kernel source not found: {path} (set $S4D_CPP_EXT_DIR)")
-    cxx = _compiler()
-    version = _compiler_version(cxx)
-    flags = _flags(cxx)
+def _build_one(cxx: str, version: str, flags: list[str], root: Path, src: Path, hdr: Path) -> Path:
     digest = hashlib.sha256()
     for chunk in (src.read_bytes(), hdr.read_bytes(), " ".join(flags).encode(), cxx.encode(),
                   version.encode(), _machine_key().encode()):
         digest.update(chunk)
         digest.update(b"\0")
-    key = digest.hexdigest()[:20]
-    out_dir = cache_dir()
-    target = out_dir / f"s4d_bsa_cpu_{key}.so"
+    target = cache_dir() / f"s4d_bsa_cpu_{digest.hexdigest()[:20]}.so"
     if target.is_file():
         _note(f"using cached {target}")
         return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=out_dir)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    except OSError as exc:
+        raise KernelBuildError(f"cannot write the kernel cache directory {target.parent}: {exc} "
+                               "(set $S4D_CACHE_DIR to a writable directory)") from exc
     os.close(fd)
     cmd = [cxx, *flags, f"-I{root / 'include'}", str(src), "-o", tmp_name]
     _note("building: " + " ".join(shlex.quote(c) for c in cmd))
@@ -171,15 +170,36 @@ def _build() -> Path:
         if res.stderr.strip():
             _note("compiler stderr:\n" + res.stderr.strip())
         if res.returncode != 0:
-            raise KernelBuildError(
+            raise _CompileFailed(
                 f"compiling the CPU kernel failed (exit {res.returncode})\ncommand: {' '.join(cmd)}\n"
                 f"compiler stderr:\n{res.stderr.strip()}")
-        os.replace(tmp_name, target)
+        os.replace(tmp_name, target)  # atomic: concurrent builders race harmlessly
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     _note(f"built {target}")
     return target
+
+
+def _build() -> Path:
+    root = cpp_ext_dir()
+    src, hdr = root / _SOURCE_REL, root / _HEADER_REL
+    for path in (src, hdr):
+        if not path.is_file():
+            raise KernelBuildError(f"kernel source not found: {path} (set $S4D_CPP_EXT_DIR)")
+    cxx = _compiler()
+    version = _compiler_version(cxx)
+    flag_sets = _flag_sets(cxx)
+    errors = []
+    for i, flags in enumerate(flag_sets):
+        try:
+            return _build_one(cxx, version, flags, root, src, hdr)
+        except _CompileFailed as exc:
+            errors.append(str(exc))
+            if i + 1 < len(flag_sets):
+                _note("retrying without OpenMP (the kernel will run single-threaded)")
+    raise KernelBuildError(errors[0] if len(errors) == 1 else
+                           errors[0] + "\n\nwithout OpenMP as well:\n" + errors[-1])
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -193,6 +213,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.s4d_bsa_abi_version.argtypes = []
     lib.s4d_bsa_cpu_isa.restype = ctypes.c_char_p
     lib.s4d_bsa_cpu_isa.argtypes = []
+    lib.s4d_bsa_cpu_has_openmp.restype = ctypes.c_int
+    lib.s4d_bsa_cpu_has_openmp.argtypes = []
 
 
 def load_cpu_kernel() -> ctypes.CDLL:
@@ -241,10 +263,10 @@ def cpu_kernel_unavailable_reason() -> str | None:
 
 
 def cpu_kernel_info() -> dict:
-    """ISA, ABI version and the library path (for logs and benchmark headers)."""
+    """ISA, OpenMP, ABI version and the library path (for logs and benchmark headers)."""
     lib = load_cpu_kernel()
-    return {"isa": lib.s4d_bsa_cpu_isa().decode(), "abi_version": lib.s4d_bsa_abi_version(),
-            "path": lib._name}
+    return {"isa": lib.s4d_bsa_cpu_isa().decode(), "openmp": bool(lib.s4d_bsa_cpu_has_openmp()),
+            "abi_version": lib.s4d_bsa_abi_version(), "path": lib._name}
 
 
 def _check_index_tensor(name: str, t: object) -> torch.Tensor:

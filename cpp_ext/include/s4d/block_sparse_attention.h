@@ -73,6 +73,9 @@ int s4d_bsa_abi_version(void);
 /* Instruction set the CPU kernel was compiled for: "avx512", "avx2", "generic". */
 const char* s4d_bsa_cpu_isa(void);
 
+/* 1 if the CPU kernel was built with OpenMP (multi-threaded), else 0. */
+int s4d_bsa_cpu_has_openmp(void);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -1,0 +1,196 @@
+"""``MeshSequence``: the result of a video -> 4D generation, and how it is written to disk.
+
+Output directory layout (``MeshSequence.save``)::
+
+    frame_0000.glb ...           one mesh per sampled frame, in every requested format (glb, obj, ply)
+    sequence.usda                time-sampled points + topology (formats containing "usd")
+    conditioning/cond_0000.png   the preprocessed conditioning images
+    manifest.json                frames, times, seed, model, settings, timings, versions, files
+
+Everything is written into a temporary directory beside the target and renamed into place at
+the end, so an interrupted run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+MESH_FORMATS = ("glb", "obj", "ply")
+SEQUENCE_FORMATS = ("usda", "usdc")
+ALL_FORMATS = MESH_FORMATS + SEQUENCE_FORMATS
+MANIFEST_VERSION = 1
+
+
+class OutputExistsError(FileExistsError):
+    """The output directory exists and overwriting was not asked for."""
+
+
+@dataclass
+class MeshSequence:
+    """One watertight mesh per sampled frame, all in the same fixed world box."""
+
+    meshes: list  # list[trimesh.Trimesh]
+    frame_indices: list[int]
+    frame_times: list[float | None]
+    conditioning_images: list[np.ndarray]  # uint8 HxWx3, what the model saw (before the 518 resize)
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.meshes)
+
+    def __getitem__(self, i: int):
+        return self.meshes[i]
+
+    def manifest(self, files: Sequence[str] = ()) -> dict[str, Any]:
+        return {
+            "format": "sculpt4d-mesh-sequence",
+            "version": MANIFEST_VERSION,
+            "source": self.source,
+            "num_frames": len(self.meshes),
+            "frame_indices": list(self.frame_indices),
+            "frame_times": list(self.frame_times),
+            "meshes": [{"vertices": int(len(m.vertices)), "faces": int(len(m.faces)),
+                        "watertight": bool(m.is_watertight) if len(m.faces) else False} for m in self.meshes],
+            "seed": self.settings.get("seed"),
+            "model": self.model,
+            "settings": self.settings,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "stats": self.stats,
+            "versions": _versions(),
+            "files": sorted(files),
+        }
+
+    def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("glb",), overwrite: bool = False) -> Path:
+        """Write the sequence to ``directory`` atomically; returns the directory."""
+        formats = _check_formats(formats)
+        target = Path(directory)
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"output {target} already exists (use overwrite=True / --overwrite)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            files = []
+            for i, mesh in enumerate(self.meshes):
+                for fmt in formats:
+                    if fmt in MESH_FORMATS:
+                        name = f"frame_{i:04d}.{fmt}"
+                        _export_mesh(mesh, tmp / name, fmt)
+                        files.append(name)
+            for fmt in formats:
+                if fmt in SEQUENCE_FORMATS:
+                    name = f"sequence.{fmt}"
+                    write_usd_sequence(self.meshes, tmp / name, self.frame_times)
+                    files.append(name)
+            if self.conditioning_images:
+                (tmp / "conditioning").mkdir()
+                from PIL import Image
+
+                for i, img in enumerate(self.conditioning_images):
+                    name = f"conditioning/cond_{i:04d}.png"
+                    Image.fromarray(img).save(tmp / name)
+                    files.append(name)
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest(files + ["manifest.json"]), indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+
+def _check_formats(formats: Sequence[str]) -> list[str]:
+    out = []
+    for fmt in formats:
+        fmt = fmt.lower().lstrip(".")
+        fmt = {"usd": "usda"}.get(fmt, fmt)
+        if fmt not in ALL_FORMATS:
+            raise ValueError(f"unknown output format {fmt!r}; expected some of {ALL_FORMATS} (or 'usd')")
+        if fmt not in out:
+            out.append(fmt)
+    if not out:
+        raise ValueError("no output format requested")
+    return out
+
+
+def _export_mesh(mesh, path: Path, fmt: str) -> None:
+    if len(mesh.faces) == 0:
+        # trimesh cannot write an empty glTF; an empty frame is still a file so frame numbering holds
+        if fmt == "obj":
+            path.write_text("# empty mesh: no surface found in this frame\n")
+            return
+        if fmt == "ply":
+            path.write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                            "property float z\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n")
+            return
+    data = mesh.export(file_type=fmt)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def write_usd_sequence(meshes: Sequence, path: Path, frame_times: Sequence[float | None] = ()) -> None:
+    """One ``UsdGeom.Mesh`` (``/Sculpt4D/mesh``) whose points, topology and extent are
+    time-sampled at time codes 0..T-1. ``timeCodesPerSecond`` is the sampled frame rate when the
+    source times are known, else 24. Topology varies per frame (Blender's Mesh Sequence Cache
+    and usdview read it)."""
+    from pxr import Gf, Usd, UsdGeom, Vt
+
+    stage = Usd.Stage.CreateNew(str(path))
+    UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y)
+    UsdGeom.SetStageMetersPerUnit(stage, 1.0)
+    stage.SetStartTimeCode(0)
+    stage.SetEndTimeCode(max(len(meshes) - 1, 0))
+    fps = _sample_rate(frame_times, len(meshes))
+    stage.SetTimeCodesPerSecond(fps)
+    stage.SetFramesPerSecond(fps)
+    root = UsdGeom.Xform.Define(stage, "/Sculpt4D")
+    stage.SetDefaultPrim(root.GetPrim())
+    prim = UsdGeom.Mesh.Define(stage, "/Sculpt4D/mesh")
+    prim.CreateSubdivisionSchemeAttr().Set(UsdGeom.Tokens.none)
+    points, counts, indices, extent = (prim.CreatePointsAttr(), prim.CreateFaceVertexCountsAttr(),
+                                       prim.CreateFaceVertexIndicesAttr(), prim.CreateExtentAttr())
+    for i, mesh in enumerate(meshes):
+        verts = np.asarray(mesh.vertices, dtype=np.float32).reshape(-1, 3)
+        faces = np.asarray(mesh.faces, dtype=np.int32).reshape(-1, 3)
+        points.Set(Vt.Vec3fArray.FromNumpy(verts), i)
+        counts.Set(Vt.IntArray.FromNumpy(np.full(len(faces), 3, dtype=np.int32)), i)
+        indices.Set(Vt.IntArray.FromNumpy(faces.reshape(-1)), i)
+        lo = verts.min(0) if len(verts) else np.zeros(3, np.float32)
+        hi = verts.max(0) if len(verts) else np.zeros(3, np.float32)
+        extent.Set(Vt.Vec3fArray([Gf.Vec3f(*map(float, lo)), Gf.Vec3f(*map(float, hi))]), i)
+    stage.GetRootLayer().Save()
+
+
+def _sample_rate(times: Sequence[float | None], n: int) -> float:
+    known = [t for t in times if t is not None]
+    if n > 1 and len(known) == n and known[-1] > known[0]:
+        return (n - 1) / (known[-1] - known[0])
+    return 24.0
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from . import __version__
+
+    versions = {"sculpt4d-sdk": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__}
+    try:
+        import trimesh
+
+        versions["trimesh"] = trimesh.__version__
+    except ImportError:
+        pass
+    return versions

@@ -1,0 +1,214 @@
+"""``Generator``: video -> conditioning images -> latents -> fields -> mesh sequence.
+
+    gen = Generator.from_pretrained("path/to/checkpoint")      # or Generator.tiny_random()
+    seq = gen("clip.mp4", num_frames=16, steps=50, guidance=5.0, seed=0)
+    seq.save("out/clip", formats=("glb", "usda"))
+
+Stages (each timed, each with a progress bar): ``frames`` (decode, sample, matte, one crop),
+``condition`` (DINOv2 tokens per frame), ``sample`` (flow-matching Euler with CFG over all
+frames jointly - the temporal attention couples them), ``decode`` (VAE field per frame on the
+fixed world box) and ``mesh`` (marching cubes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig
+from .progress import ProgressReporter, make_reporter
+from .sampling import NOISE_MODES, SamplerSettings, sample_flow
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+DECODE_METHODS = ("hierarchical", "dense")
+TINY_RANDOM = "tiny-random"
+
+
+class GeneratorError(ValueError):
+    """A Generator cannot be built or run with the requested settings."""
+
+
+class Generator:
+    """Runs a Sculpt4D model end to end. Build with ``from_pretrained`` or ``tiny_random``."""
+
+    def __init__(self, dit: torch.nn.Module, vae: torch.nn.Module, conditioner: torch.nn.Module, *,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, backend: str = "torch",
+                 model_info: dict[str, Any] | None = None) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.backend = backend
+        self.dit = dit.to(self.device, dtype).eval()
+        self.vae = vae.to(self.device, dtype).eval()
+        self.conditioner = conditioner.to(self.device, dtype).eval()
+        self.model_info = dict(model_info or {})
+        if self.vae.config.embed_dim != self.dit.config.in_channels:
+            raise GeneratorError(f"VAE latent width {self.vae.config.embed_dim} != DiT in_channels "
+                                 f"{self.dit.config.in_channels}")
+        if self.conditioner.config.hidden_size != self.dit.config.context_dim:
+            raise GeneratorError(f"conditioner width {self.conditioner.config.hidden_size} != DiT context_dim "
+                                 f"{self.dit.config.context_dim}")
+
+    # ----------------------------------------------------------------------------------
+    # construction
+    # ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
+                        dtype: torch.dtype | None = None, temporal: TemporalConfig | None = None) -> "Generator":
+        """Load a checkpoint (any layout of ``sdk.checkpoint``) or ``"tiny-random"``.
+
+        ``device`` defaults to CUDA when available; ``dtype`` to fp16 on CUDA, fp32 on CPU.
+        ``temporal`` overrides the schedule / anchor / block size / attention backend.
+        """
+        backend = _resolve_backend(backend)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.float16 if torch.device(device).type == "cuda" else torch.float32)
+        if str(path) == TINY_RANDOM:
+            return cls.tiny_random(device=device)
+        from .checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        missing = [part for part in ("vae", "conditioner") if getattr(ckpt, part) is None]
+        if missing:
+            raise GeneratorError(f"{ckpt.source}: the pipeline needs DiT, VAE and conditioner weights; "
+                                 f"missing part(s): {', '.join(missing)}")
+        stat = Path(ckpt.source).stat()
+        info = {"name": Path(ckpt.source).name, "path": str(ckpt.source), "layout": ckpt.layout,
+                "bytes": stat.st_size, "temporal": ckpt.has_temporal, **ckpt.metadata}
+        return cls(build_dit(ckpt, temporal=temporal), build_vae(ckpt), build_conditioner(ckpt), device=device,
+                   dtype=dtype, backend=backend, model_info=info)
+
+    @classmethod
+    def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "Generator":
+        """A tiny RANDOM-WEIGHT model (same code, small widths) for tests and smoke runs. Its
+        meshes are arbitrary blobs, not reconstructions."""
+        from .models import ImageConditioner, Sculpt4DDiT, ShapeVAE
+
+        torch.manual_seed(seed)
+        dit, vae, cond = Sculpt4DDiT(DiTConfig.tiny()), ShapeVAE(VAEConfig.tiny()), ImageConditioner(ConditionerConfig.tiny())
+        with torch.no_grad():
+            for block in dit.blocks:  # exercise the temporal path (it starts at zero)
+                torch.nn.init.normal_(block.temporal_attn.out_proj.weight, std=0.02)
+        return cls(dit, vae, cond, device=device, dtype=torch.float32, backend="torch",
+                   model_info={"name": TINY_RANDOM, "seed": seed, "note": "random weights: output is not meaningful"})
+
+    # ----------------------------------------------------------------------------------
+    # running
+    # ----------------------------------------------------------------------------------
+    def __call__(self, video: Any, num_frames: int = 16, steps: int = 50, guidance: float = 5.0, seed: int = 0,
+                 resolution: int = 256, decode: str = "hierarchical", noise: str = "shared", matting: str = "auto",
+                 start: float | None = None, end: float | None = None,
+                 progress: "bool | ProgressReporter | None" = False):
+        from .meshseq import MeshSequence
+        from .video import load_frames, prepare_sequence
+
+        if decode not in DECODE_METHODS:
+            raise GeneratorError(f"decode must be one of {DECODE_METHODS}, got {decode!r}")
+        if resolution < 8:
+            raise GeneratorError(f"resolution must be >= 8, got {resolution}")
+        if noise not in NOISE_MODES:
+            raise GeneratorError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
+        sampler = SamplerSettings(steps=steps, guidance=guidance, noise=noise, seed=seed)
+        reporter = make_reporter(progress)
+        timings: dict[str, float] = {}
+
+        with _stage(reporter, "frames", 1, timings):
+            frames = load_frames(video, num_frames, start=start, end=end)
+            prepared = prepare_sequence(frames.frames, matting=matting)
+            reporter.advance("frames")
+
+        with _stage(reporter, "condition", num_frames, timings):
+            context = self._condition(prepared.images, lambda n: reporter.advance("condition", n))
+
+        with _stage(reporter, "sample", steps, timings):
+            P, C = self.vae.config.num_latents, self.vae.config.embed_dim
+            latents = sample_flow(self.dit, context[None], (P, C), sampler, model_dtype=self.dtype,
+                                  step_callback=lambda done, total: reporter.advance("sample"))
+
+        with _stage(reporter, "decode", num_frames, timings):
+            fields, decode_stats = self._decode_fields(latents[0], resolution, decode,
+                                                       lambda: reporter.advance("decode"))
+
+        with _stage(reporter, "mesh", num_frames, timings):
+            from .mcubes import marching_cubes
+
+            meshes = []
+            for f in fields:
+                meshes.append(marching_cubes(f))
+                reporter.advance("mesh")
+
+        cfg = self.dit.config
+        settings = {"num_frames": num_frames, "steps": steps, "guidance": guidance, "seed": seed,
+                    "resolution": resolution, "decode": decode, "noise": noise, "matting": prepared.matting,
+                    "start": start, "end": end, "schedule": list(cfg.temporal.schedule), "anchor": cfg.temporal.anchor,
+                    "block_size": cfg.temporal.block_size, "temporal": cfg.temporal.enabled,
+                    "crop_box": list(prepared.crop_box)}
+        model = {**self.model_info, "backend": self.backend, "device": str(self.device), "dtype": str(self.dtype)}
+        stats = {"field_queries": [s.num_queries for s in decode_stats],
+                 "dense_queries_per_frame": decode_stats[0].dense_queries if decode_stats else 0}
+        images = [((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+                  for img in prepared.images.float().cpu()]
+        return MeshSequence(meshes=meshes, frame_indices=list(frames.indices), frame_times=list(frames.times),
+                            conditioning_images=images, timings=timings, settings=settings, model=model,
+                            source=frames.source, stats=stats)
+
+    def _condition(self, images: torch.Tensor, advance, chunk: int = 4) -> torch.Tensor:
+        """``[T, 3, S, S]`` in [-1, 1] -> DINOv2 tokens ``[T, L, Cc]`` (a few frames at a time)."""
+        tokens = []
+        with torch.no_grad():
+            for i in range(0, images.shape[0], chunk):
+                batch = images[i:i + chunk].to(self.device, self.dtype)
+                tokens.append(self.conditioner(self.conditioner.prepare(batch)))
+                advance(batch.shape[0])
+        return torch.cat(tokens)
+
+    def _decode_fields(self, latents: torch.Tensor, resolution: int, method: str, advance):
+        """Sampled latents ``[T, P, C]`` -> one field ``[R+1]^3`` per frame (numpy float32)."""
+        from .decode import decode_frame
+
+        fields, stats = [], []
+        scaled = latents / self.vae.config.scale_factor
+        with torch.no_grad():
+            for frame in scaled:
+                decoded = self.vae.decode(frame[None].to(self.device, self.dtype))
+                field, stat = decode_frame(self.vae, decoded, resolution=resolution, method=method)
+                fields.append(field.float().cpu().numpy())
+                stats.append(stat)
+                advance()
+        return fields, stats
+
+
+class _stage:
+    """Context manager: progress bar start/finish and wall time of one stage."""
+
+    def __init__(self, reporter: ProgressReporter, name: str, total: int, timings: dict[str, float]) -> None:
+        self.reporter, self.name, self.total, self.timings = reporter, name, total, timings
+
+    def __enter__(self):
+        self.reporter.start(self.name, self.total)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timings[self.name] = time.perf_counter() - self.t0
+        self.reporter.finish(self.name)
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise GeneratorError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend in ("onnxruntime", "tensorrt"):
+        raise GeneratorError(f"backend {backend!r} is not available in this release yet; use backend='torch'")
+    return "torch"
+
+
+def default_generator_unavailable() -> str:
+    return ("no trained default model ships with this release yet; pass a checkpoint with --model PATH, "
+            f"or --model {TINY_RANDOM} for a smoke test with random weights")
+
+
+__all__ = ["Generator", "GeneratorError", "TINY_RANDOM"]
