@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from sdk.sparse import PRESETS, PatternError
 
-app = typer.Typer(help="Sculpt4D export tools: FLOPs planner (ONNX export and TensorRT builds arrive "
-                       "in later releases).", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Sculpt4D export tools: ONNX export and the FLOPs planner (TensorRT engine builds "
+                       "arrive in a later release).", no_args_is_help=True, add_completion=False)
 
 SCHEDULE_HELP = (f"Block-sparse schedule: a preset ({', '.join(PRESETS)}) or comma-separated strides, "
                  "e.g. 1,1,2,4.")
@@ -65,6 +66,39 @@ def flops(
         if i < len(reports) - 1:
             text = text.split("\n\nCounting conventions:")[0] + "\n"
         typer.echo(text)
+
+
+@app.command()
+def onnx(
+    checkpoint: str = typer.Argument(..., help="Checkpoint file or directory (any layout sdk.checkpoint reads), or "
+                                               "'tiny' for the tiny random-weight model."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for the .onnx files and export.json."),
+    frames: int = typer.Option(..., "--frames", "-f", help="Frame count T the DiT graph is exported for."),
+    dtype: str = typer.Option("fp32", help="fp32 or fp16 (an fp16-typed graph for strongly typed TensorRT)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", "-s", help=SCHEDULE_HELP + " Default: the model's."),
+    no_anchor: bool = typer.Option(False, "--no-anchor", help="Drop the first-frame anchor column."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per attention block (default: "
+                                                                        "the model's, 128 for the full model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the export manifest as JSON."),
+) -> None:
+    """Export dit.onnx (one BlockSparseAttention node per block, with a standard-op local function),
+    vae_decoder.onnx, vae_query.onnx and conditioner.onnx for one frame count."""
+    from export.onnx import ExportError, export_onnx
+    from sdk.checkpoint import CheckpointError
+
+    try:
+        sched = parse_schedule(schedule) if schedule is not None else None
+        result = export_onnx(checkpoint, output, frames=frames, dtype=dtype, schedule=sched,
+                             anchor=False if no_anchor else None, block_size=block_size)
+    except (ExportError, CheckpointError, PatternError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2)
+    if as_json:
+        typer.echo(json.dumps(result.manifest, indent=2))
+    else:
+        for part, path in result.files.items():
+            typer.echo(f"{part:<12} {path}")
+        typer.echo(f"export.json  {result.directory / 'export.json'}")
 
 
 def main() -> None:

@@ -371,12 +371,17 @@ def vae_query_fn(vae, decoded_one_frame: Tensor) -> VAEQueryFn:
 DECODE_METHODS = ("dense", "hierarchical")
 
 
-def decode_frame(vae, decoded_one_frame: Tensor, resolution: int = 256, method: str = "hierarchical",
+def decode_field(query_fn: QueryFn, resolution: int = 256, method: str = "hierarchical",
                  box: WorldBox = WorldBox(), chunk_size: int | None = None) -> tuple[Tensor, DecodeStats]:
-    """The field ``[R+1]^3`` of one frame's decoded latents on the fixed world box."""
+    """The field ``[R+1]^3`` of any query function on the fixed world box (dense or hierarchical)."""
     if method not in DECODE_METHODS:
         raise ValueError(f"unknown decode method {method!r}; choose one of {DECODE_METHODS}")
-    query_fn = vae_query_fn(vae, decoded_one_frame)
     if method == "dense":
         return decode_field_dense(query_fn, resolution, box, chunk_size=chunk_size)
     return decode_field_hierarchical(query_fn, resolution, box, chunk_size=chunk_size)
+
+
+def decode_frame(vae, decoded_one_frame: Tensor, resolution: int = 256, method: str = "hierarchical",
+                 box: WorldBox = WorldBox(), chunk_size: int | None = None) -> tuple[Tensor, DecodeStats]:
+    """The field ``[R+1]^3`` of one frame's decoded latents on the fixed world box."""
+    return decode_field(vae_query_fn(vae, decoded_one_frame), resolution, method, box, chunk_size)

@@ -22,6 +22,7 @@ import torch
 
 from .config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig
 from .progress import ProgressReporter, make_reporter
+from .runtimes import BackendError, OnnxRuntime, TorchRuntime, is_export_directory
 from .sampling import NOISE_MODES, SamplerSettings, sample_flow
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -36,22 +37,40 @@ class GeneratorError(ValueError):
 class Generator:
     """Runs a Sculpt4D model end to end. Build with ``from_pretrained`` or ``tiny_random``."""
 
-    def __init__(self, dit: torch.nn.Module, vae: torch.nn.Module, conditioner: torch.nn.Module, *,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, backend: str = "torch",
-                 model_info: dict[str, Any] | None = None) -> None:
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.backend = backend
-        self.dit = dit.to(self.device, dtype).eval()
-        self.vae = vae.to(self.device, dtype).eval()
-        self.conditioner = conditioner.to(self.device, dtype).eval()
+    def __init__(self, runtime, model_info: dict[str, Any] | None = None) -> None:
+        self.runtime = runtime
+        self.backend = runtime.name
         self.model_info = dict(model_info or {})
-        if self.vae.config.embed_dim != self.dit.config.in_channels:
-            raise GeneratorError(f"VAE latent width {self.vae.config.embed_dim} != DiT in_channels "
-                                 f"{self.dit.config.in_channels}")
-        if self.conditioner.config.hidden_size != self.dit.config.context_dim:
-            raise GeneratorError(f"conditioner width {self.conditioner.config.hidden_size} != DiT context_dim "
-                                 f"{self.dit.config.context_dim}")
+        dit_cfg, vae_cfg, cond_cfg = runtime.dit_config, runtime.vae_config, runtime.conditioner_config
+        if vae_cfg.embed_dim != dit_cfg.in_channels:
+            raise GeneratorError(f"VAE latent width {vae_cfg.embed_dim} != DiT in_channels {dit_cfg.in_channels}")
+        if cond_cfg.hidden_size != dit_cfg.context_dim:
+            raise GeneratorError(f"conditioner width {cond_cfg.hidden_size} != DiT context_dim {dit_cfg.context_dim}")
+
+    @classmethod
+    def from_modules(cls, dit: torch.nn.Module, vae: torch.nn.Module, conditioner: torch.nn.Module, *,
+                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                     model_info: dict[str, Any] | None = None) -> "Generator":
+        """A Generator over PyTorch modules (the ``torch`` backend)."""
+        return cls(TorchRuntime(dit, vae, conditioner, device, dtype), model_info)
+
+    # Convenience access to the PyTorch modules (torch backend only).
+    @property
+    def dit(self):
+        return self._torch_part("dit")
+
+    @property
+    def vae(self):
+        return self._torch_part("vae")
+
+    @property
+    def conditioner(self):
+        return self._torch_part("conditioner")
+
+    def _torch_part(self, name: str):
+        if not isinstance(self.runtime, TorchRuntime):
+            raise AttributeError(f"{name} is a PyTorch module of the torch backend; this Generator runs {self.backend}")
+        return getattr(self.runtime, name)
 
     # ----------------------------------------------------------------------------------
     # construction
@@ -64,7 +83,22 @@ class Generator:
         ``device`` defaults to CUDA when available; ``dtype`` to fp16 on CUDA, fp32 on CPU.
         ``temporal`` overrides the schedule / anchor / block size / attention backend.
         """
-        backend = _resolve_backend(backend)
+        if backend not in BACKENDS:
+            raise GeneratorError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        if backend == "tensorrt":
+            raise GeneratorError("backend 'tensorrt' is not available in this release yet; use 'torch' or "
+                                 "'onnxruntime'")
+        if is_export_directory(path):
+            if backend not in ("auto", "onnxruntime"):
+                raise GeneratorError(f"{path} is an ONNX export; it runs with backend='onnxruntime'")
+            try:
+                runtime = OnnxRuntime(path)
+            except BackendError as exc:
+                raise GeneratorError(str(exc)) from None
+            return cls(runtime, {"name": Path(path).name, "path": str(path), **runtime.manifest.get("source", {})})
+        if backend == "onnxruntime":
+            raise GeneratorError(f"backend 'onnxruntime' runs an ONNX export directory; create one with "
+                                 f"s4d-export onnx {path} -o DIR --frames N, then pass DIR")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.float16 if torch.device(device).type == "cuda" else torch.float32)
         if str(path) == TINY_RANDOM:
@@ -79,8 +113,8 @@ class Generator:
         stat = Path(ckpt.source).stat()
         info = {"name": Path(ckpt.source).name, "path": str(ckpt.source), "layout": ckpt.layout,
                 "bytes": stat.st_size, "temporal": ckpt.has_temporal, **ckpt.metadata}
-        return cls(build_dit(ckpt, temporal=temporal), build_vae(ckpt), build_conditioner(ckpt), device=device,
-                   dtype=dtype, backend=backend, model_info=info)
+        return cls.from_modules(build_dit(ckpt, temporal=temporal), build_vae(ckpt), build_conditioner(ckpt),
+                                device=device, dtype=dtype, model_info=info)
 
     @classmethod
     def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "Generator":
@@ -93,8 +127,9 @@ class Generator:
         with torch.no_grad():
             for block in dit.blocks:  # exercise the temporal path (it starts at zero)
                 torch.nn.init.normal_(block.temporal_attn.out_proj.weight, std=0.02)
-        return cls(dit, vae, cond, device=device, dtype=torch.float32, backend="torch",
-                   model_info={"name": TINY_RANDOM, "seed": seed, "note": "random weights: output is not meaningful"})
+        return cls.from_modules(dit, vae, cond, device=device, dtype=torch.float32,
+                                model_info={"name": TINY_RANDOM, "seed": seed,
+                                            "note": "random weights: output is not meaningful"})
 
     # ----------------------------------------------------------------------------------
     # running
@@ -121,12 +156,17 @@ class Generator:
             prepared = prepare_sequence(frames.frames, matting=matting)
             reporter.advance("frames")
 
+        runtime = self.runtime
+        if runtime.fixed_frames is not None and runtime.fixed_frames != num_frames:
+            raise GeneratorError(f"this {self.backend} model was built for {runtime.fixed_frames} frames, not "
+                                 f"{num_frames}; export another with --frames {num_frames}")
+
         with _stage(reporter, "condition", num_frames, timings):
             context = self._condition(prepared.images, lambda n: reporter.advance("condition", n))
 
         with _stage(reporter, "sample", steps, timings):
-            P, C = self.vae.config.num_latents, self.vae.config.embed_dim
-            latents = sample_flow(self.dit, context[None], (P, C), sampler, model_dtype=self.dtype,
+            P, C = runtime.vae_config.num_latents, runtime.vae_config.embed_dim
+            latents = sample_flow(runtime.velocity, context[None], (P, C), sampler,
                                   step_callback=lambda done, total: reporter.advance("sample"))
 
         with _stage(reporter, "decode", num_frames, timings):
@@ -141,13 +181,13 @@ class Generator:
                 meshes.append(marching_cubes(f))
                 reporter.advance("mesh")
 
-        cfg = self.dit.config
+        cfg = runtime.dit_config
         settings = {"num_frames": num_frames, "steps": steps, "guidance": guidance, "seed": seed,
                     "resolution": resolution, "decode": decode, "noise": noise, "matting": prepared.matting,
                     "start": start, "end": end, "schedule": list(cfg.temporal.schedule), "anchor": cfg.temporal.anchor,
                     "block_size": cfg.temporal.block_size, "temporal": cfg.temporal.enabled,
                     "crop_box": list(prepared.crop_box)}
-        model = {**self.model_info, "backend": self.backend, "device": str(self.device), "dtype": str(self.dtype)}
+        model = {**self.model_info, "backend": self.backend}
         stats = {"field_queries": [s.num_queries for s in decode_stats],
                  "dense_queries_per_frame": decode_stats[0].dense_queries if decode_stats else 0}
         images = [((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
@@ -159,26 +199,22 @@ class Generator:
     def _condition(self, images: torch.Tensor, advance, chunk: int = 4) -> torch.Tensor:
         """``[T, 3, S, S]`` in [-1, 1] -> DINOv2 tokens ``[T, L, Cc]`` (a few frames at a time)."""
         tokens = []
-        with torch.no_grad():
-            for i in range(0, images.shape[0], chunk):
-                batch = images[i:i + chunk].to(self.device, self.dtype)
-                tokens.append(self.conditioner(self.conditioner.prepare(batch)))
-                advance(batch.shape[0])
+        for i in range(0, images.shape[0], chunk):
+            tokens.append(self.runtime.condition(images[i:i + chunk]).float())
+            advance(min(chunk, images.shape[0] - i))
         return torch.cat(tokens)
 
     def _decode_fields(self, latents: torch.Tensor, resolution: int, method: str, advance):
         """Sampled latents ``[T, P, C]`` -> one field ``[R+1]^3`` per frame (numpy float32)."""
-        from .decode import decode_frame
+        from .decode import decode_field
 
         fields, stats = [], []
-        scaled = latents / self.vae.config.scale_factor
-        with torch.no_grad():
-            for frame in scaled:
-                decoded = self.vae.decode(frame[None].to(self.device, self.dtype))
-                field, stat = decode_frame(self.vae, decoded, resolution=resolution, method=method)
-                fields.append(field.float().cpu().numpy())
-                stats.append(stat)
-                advance()
+        scaled = latents / self.runtime.vae_config.scale_factor
+        for frame in scaled:
+            field, stat = decode_field(self.runtime.frame_query_fn(frame[None]), resolution, method)
+            fields.append(field.float().cpu().numpy())
+            stats.append(stat)
+            advance()
         return fields, stats
 
 
@@ -196,14 +232,6 @@ class _stage:
     def __exit__(self, *exc) -> None:
         self.timings[self.name] = time.perf_counter() - self.t0
         self.reporter.finish(self.name)
-
-
-def _resolve_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise GeneratorError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend in ("onnxruntime", "tensorrt"):
-        raise GeneratorError(f"backend {backend!r} is not available in this release yet; use backend='torch'")
-    return "torch"
 
 
 def default_generator_unavailable() -> str:

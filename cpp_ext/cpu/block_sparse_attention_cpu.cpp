@@ -1,14 +1,16 @@
 // Sculpt4D block-sparse attention forward, CPU (plain C++ + OpenMP, C ABI).
 //
-// Algorithm (per work item = one batch-head x one query block, OpenMP dynamic schedule):
-//   * Q block packed TRANSPOSED into QT[D][qp] (qp = rows rounded up to the vector width) and
+// Algorithm (per work item = one batch-head x one query block, split into chunks of up to 64
+// query rows; OpenMP dynamic schedule since rows have different numbers of key blocks):
+//   * Q rows packed TRANSPOSED into QT[D][qp] (qp = rows rounded up to the vector width) and
 //     pre-multiplied by scale*log2(e), so scores come out in log2 units and exp() is exp2().
 //   * For each key block in CSR order (fp32 K/V are read in place; bf16 K/V are widened once
 //     per visit into a float scratch):
 //       ST[k][q] = sum_d K[k][d] * QT[d][q]     register-blocked: MR keys x NV vectors of
 //                                                queries, K broadcast, Q^T streamed
 //       column max over k (vectorised over q), online-softmax update m, l (per query lane),
-//       P = exp2(ST - m)                         polynomial exp2 (no libm per element)
+//       P = exp2(ST - m)                         polynomial exp2 (no libm per element),
+//                                                row sums l accumulated lane-wise
 //       OT[d][q] = alpha[q]*OT[d][q] + sum_k V[k][d] * P[k][q]
 //                                                register-blocked: MR dims x NV vectors of
 //                                                queries, V broadcast, P streamed

@@ -135,26 +135,31 @@ class ImageConditioner(nn.Module):
         return torch.zeros_like(tokens)
 
     def prepare(self, images: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
-        """The official encoder's own transform, for images ``[B, 3, H, W]`` in ``value_range``.
+        """``prepare_images`` at this encoder's image size."""
+        return prepare_images(images, self.config.image_size, value_range)
 
-        Rescale to [0, 1]; resize the short side to ``image_size`` (bilinear, no antialias,
-        half-pixel centres); centre-crop to ``image_size``; ImageNet-normalise. The pipeline
-        hands it 512 x 512 images in [-1, 1], so this is a 512 -> 518 resize.
-        """
-        low, high = value_range
-        images = (images - low) / (high - low)
-        size = self.config.image_size
-        height, width = images.shape[-2:]
-        # Short side to `size`, long side scaled and truncated (torchvision's Resize(int) rule).
-        if height <= width:
-            new_height, new_width = size, int(size * width / height)
-        else:
-            new_height, new_width = int(size * height / width), size
-        images = F.interpolate(images, size=(new_height, new_width), mode="bilinear",
-                               align_corners=False, antialias=False)
-        top = int(round((new_height - size) / 2.0))
-        left = int(round((new_width - size) / 2.0))
-        images = images[..., top:top + size, left:left + size]
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        return (images - mean) / std
+
+def prepare_images(images: Tensor, size: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """The official encoder's own transform, for images ``[B, 3, H, W]`` in ``value_range``.
+
+    Rescale to [0, 1]; resize the short side to ``size`` (bilinear, no antialias, half-pixel
+    centres); centre-crop to ``size``; ImageNet-normalise. The pipeline hands it 512 x 512
+    images in [-1, 1], so this is a 512 -> 518 resize. (A free function so runtimes without
+    the torch encoder - ONNX Runtime, TensorRT - preprocess identically.)
+    """
+    low, high = value_range
+    images = (images - low) / (high - low)
+    height, width = images.shape[-2:]
+    # Short side to `size`, long side scaled and truncated (torchvision's Resize(int) rule).
+    if height <= width:
+        new_height, new_width = size, int(size * width / height)
+    else:
+        new_height, new_width = int(size * height / width), size
+    images = F.interpolate(images, size=(new_height, new_width), mode="bilinear",
+                           align_corners=False, antialias=False)
+    top = int(round((new_height - size) / 2.0))
+    left = int(round((new_width - size) / 2.0))
+    images = images[..., top:top + size, left:left + size]
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std

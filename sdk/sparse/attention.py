@@ -17,6 +17,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .pattern import PatternError, SparsePattern
 
@@ -81,38 +82,53 @@ def _padded_lists(pattern: SparsePattern) -> tuple[torch.Tensor, torch.Tensor]:
     return index, valid
 
 
+@functools.lru_cache(maxsize=64)
+def _rows_by_count(pattern: SparsePattern) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Query-block rows grouped by their number of key blocks: ``[(rows [g], keys [g, count])]``.
+
+    Within a group every row attends the same number of keys, so each group is one dense
+    batched attention with no padding and no mask."""
+    offsets, indices = pattern.kv_block_lists()
+    counts = (offsets[1:] - offsets[:-1]).long()
+    groups = []
+    for count in torch.unique(counts).tolist():
+        rows = torch.nonzero(counts == count).flatten()
+        starts = offsets[:-1].long()[rows]
+        keys = indices.long()[starts[:, None] + torch.arange(count)[None, :]]
+        groups.append((rows, keys))
+    return groups
+
+
 def blocked_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                    pattern: SparsePattern, block_size: int,
                                    scale: float | None = None) -> torch.Tensor:
-    """Gather each query block's key blocks and attend them; fp32 softmax; O(nnz) memory.
+    """Gather each query block's key blocks and attend them with the fused
+    ``scaled_dot_product_attention`` kernel; O(nnz) memory; any device; differentiable.
 
-    Query-block rows are processed in chunks so the score tensor stays under a fixed budget.
+    Rows are grouped by key-block count (``_rows_by_count``) so no padding or mask is needed,
+    and each group is processed in chunks that keep the gathered K/V under a fixed budget.
     """
     _check_inputs(q, k, v, pattern, block_size)
     scale = _default_scale(q, scale)
     B, H, N, D = q.shape
     R = pattern.num_blocks
-    index, valid = _padded_lists(pattern)
-    index, valid = index.to(q.device), valid.to(q.device)
-    M = index.shape[1]
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) and q.device.type == "cpu" else q.dtype
-
     qb = q.reshape(B, H, R, block_size, D)
     kb = k.reshape(B, H, R, block_size, D)
     vb = v.reshape(B, H, R, block_size, D)
-    out = torch.empty_like(q).reshape(B, H, R, block_size, D)
-    rows_per_chunk = max(1, _BLOCKED_SCORE_BUDGET // max(1, B * H * block_size * M * block_size))
-    for r0 in range(0, R, rows_per_chunk):
-        r1 = min(R, r0 + rows_per_chunk)
-        idx = index[r0:r1]  # [c, M]
-        keys = kb[:, :, idx].reshape(B, H, r1 - r0, M * block_size, D)
-        vals = vb[:, :, idx].reshape(B, H, r1 - r0, M * block_size, D)
-        scores = torch.matmul(qb[:, :, r0:r1].to(compute), keys.to(compute).transpose(-1, -2)).float()
-        scores = scores * scale
-        key_valid = valid[r0:r1].repeat_interleave(block_size, dim=1)  # [c, M*bs]
-        scores = scores.masked_fill(~key_valid[None, None, :, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        out[:, :, r0:r1] = torch.matmul(probs.to(compute), vals.to(compute)).to(q.dtype)
+    out = torch.empty_like(qb)
+    for rows, keys in _rows_by_count(pattern):
+        rows, keys = rows.to(q.device), keys.to(q.device)
+        count = keys.shape[1]
+        per_row = B * H * count * block_size * block_size  # scores (or gathered K/V) of one row
+        chunk = max(1, _BLOCKED_SCORE_BUDGET // max(1, per_row))
+        for r0 in range(0, rows.numel(), chunk):
+            r, kv = rows[r0:r0 + chunk], keys[r0:r0 + chunk]
+            g = r.numel()
+            q_rows = qb[:, :, r].reshape(B, H * g, block_size, D)
+            k_rows = kb[:, :, kv].reshape(B, H * g, count * block_size, D)
+            v_rows = vb[:, :, kv].reshape(B, H * g, count * block_size, D)
+            o = F.scaled_dot_product_attention(q_rows, k_rows, v_rows, scale=scale)
+            out[:, :, r] = o.reshape(B, H, g, block_size, D)
     return out.reshape(B, H, N, D)
 
 
@@ -187,6 +203,37 @@ def _cpu_kernel_attention(q, k, v, pattern: SparsePattern, block_size: int, scal
     return block_sparse_attention_cpu(q, k, v, offsets, indices, block_size, _default_scale(q, scale))
 
 
+ONNX_DOMAIN = "s4d"
+ONNX_OP = "BlockSparseAttention"
+PLUGIN_VERSION = "1"
+
+
+def onnx_node_attributes(pattern: SparsePattern, block_size: int, num_heads: int, head_dim: int,
+                         scale: float) -> dict:
+    """The attributes of the ``s4d::BlockSparseAttention`` ONNX node - exactly the fields the
+    TensorRT plugin creator reads (it rebuilds the CSR lists from them)."""
+    return {
+        "num_frames": pattern.num_frames,
+        "tokens_per_frame": pattern.blocks_per_frame * block_size,
+        "block_size": block_size,
+        "schedule": list(pattern.schedule),
+        "anchor": int(pattern.anchor),
+        "num_heads": num_heads,
+        "head_dim": head_dim,
+        "scale": float(scale),
+        "plugin_version": PLUGIN_VERSION,
+        "plugin_namespace": ONNX_DOMAIN,
+    }
+
+
+def onnx_block_sparse_attention_node(q, k, v, pattern: SparsePattern, block_size: int, scale: float):
+    """Under ``torch.onnx.export``: one ``s4d::BlockSparseAttention`` node (the exporter later
+    attaches a standard-op function body, see ``export.onnx``)."""
+    attrs = onnx_node_attributes(pattern, block_size, q.shape[1], q.shape[3], scale)
+    return torch.onnx.ops.symbolic(f"{ONNX_DOMAIN}::{ONNX_OP}", (q, k, v), attrs, dtype=q.dtype, shape=q.shape,
+                                   version=1)
+
+
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: SparsePattern,
                            block_size: int, scale: float | None = None,
                            backend: str = "auto") -> torch.Tensor:
@@ -198,6 +245,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     _check_inputs(q, k, v, pattern, block_size)
+    if torch.onnx.is_in_onnx_export():
+        return onnx_block_sparse_attention_node(q, k, v, pattern, block_size, _default_scale(q, scale))
     if backend == "reference":
         return reference_block_sparse_attention(q, k, v, pattern, block_size, scale)
     if backend == "torch":

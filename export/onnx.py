@@ -1,0 +1,342 @@
+"""ONNX export of a Sculpt4D model: ``dit.onnx``, ``vae_decoder.onnx``, ``vae_query.onnx``,
+``conditioner.onnx`` and the sidecar ``export.json``.
+
+* ``dit.onnx``: ``(latents [B,T,P,C], t [B], context [B,T,L,Cc]) -> velocity [B,T,P,C]`` for one
+  fixed frame count T (B dynamic, 1..2: cond + uncond). The temporal attention is ONE node
+  ``s4d::BlockSparseAttention`` per block, carrying the attributes the TensorRT plugin reads
+  (``sdk.sparse.attention.onnx_node_attributes``). The model also ships an ONNX local function
+  of that name whose body is a standard-op implementation (gather of each query block's key
+  blocks through the CSR lists baked in as constants, fp32 softmax) - ONNX Runtime runs the
+  body; TensorRT (>= 10.7) uses a registered plugin of that name instead of the body.
+* ``vae_decoder.onnx``: ``latents [1,N,C] -> (key, value)`` - post_kl + transformer + the
+  geometry decoder's cross-attention K/V, computed once per frame.
+* ``vae_query.onnx``: ``(key, value, xyz [1,M,3]) -> field [1,M]`` with M dynamic (chunks).
+* ``conditioner.onnx``: ``images [B,3,S,S]`` (ImageNet-normalised) -> ``tokens [B,L,Cc]``.
+
+Precision: ``--dtype fp16`` writes an fp16-typed graph (TensorRT is strongly typed) with fp32
+kept where accuracy needs it: LayerNorm / RMSNorm compute in fp32 (cast in and out), RoPE is
+computed in fp32, the timestep sinusoid is fp32 before its MLP, and the block-sparse body's
+softmax runs in fp32. Spatial/cross attention keep the exporter's fp16 softmax (TensorRT's
+fused attention accumulates in fp32). Models over 2 GB are saved with external data.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdk.config import to_dict
+from sdk.sparse import PatternError, SparsePattern, resolve_schedule
+from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, _padded_lists
+
+OPSET = 20
+MANIFEST = "export.json"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TWO_GB = 2 * 1024 ** 3
+FILES = {"dit": "dit.onnx", "vae_decoder": "vae_decoder.onnx", "vae_query": "vae_query.onnx",
+         "conditioner": "conditioner.onnx"}
+
+
+class ExportError(ValueError):
+    """The export request cannot be satisfied (bad frames, schedule, block size, dtype, model)."""
+
+
+# ======================================================================================
+# Graph wrappers: what each ONNX file computes
+# ======================================================================================
+
+
+class VAEDecoderGraph(nn.Module):
+    """latents -> the geometry decoder's cross-attention (key, value), once per frame."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = self.vae.geo_decoder.precompute_kv(self.vae.decode(latents))
+        return kv.key, kv.value
+
+
+class VAEQueryGraph(nn.Module):
+    """(key, value, xyz) -> field at the query points."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, key: torch.Tensor, value: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+        from sdk.models.vae import LatentKV
+
+        return self.vae.geo_decoder.query_with_kv(LatentKV(key, value), xyz)
+
+
+class Fp32Norm(nn.Module):
+    """Runs a LayerNorm / RMSNorm in fp32 inside an fp16 graph (cast in, normalise, cast out)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+def half_precision_copy(module: nn.Module) -> nn.Module:
+    """An fp16 copy of ``module`` whose LayerNorm / RMSNorm layers compute in fp32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecation notice on deepcopy
+        clone = copy.deepcopy(module).half()
+    for parent in list(clone.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (nn.LayerNorm, nn.RMSNorm)):
+                setattr(parent, name, Fp32Norm(child))
+    return clone
+
+
+# ======================================================================================
+# The BlockSparseAttention local function (standard-op body)
+# ======================================================================================
+
+
+def block_sparse_function(attrs: dict[str, Any], opset: int = OPSET):
+    """FunctionProto ``s4d::BlockSparseAttention(q, k, v) -> out`` for the pattern in ``attrs``.
+
+    q, k, v: ``[B, H, N, D]``. Each query block gathers its key blocks (CSR lists padded to the
+    longest row, baked in as constants; padding masked with -inf), so memory is
+    O(B*H*nnz*bs^2) scores instead of O(N^2). Softmax in fp32; outputs cast back like q.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    pattern = SparsePattern.for_tokens(attrs["num_frames"], attrs["tokens_per_frame"], attrs["block_size"],
+                                       tuple(attrs["schedule"]), bool(attrs["anchor"]))
+    bs, D = attrs["block_size"], attrs["head_dim"]
+    R = pattern.num_blocks
+    index, valid = _padded_lists(pattern)
+    M = index.shape[1]
+    bias = np.where(valid.numpy(), 0.0, -np.inf).astype(np.float32).repeat(bs, axis=1)[:, None, :]  # [R,1,M*bs]
+
+    def const(name: str, array: np.ndarray):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name + "_value"))
+
+    i64 = lambda *v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    nodes = [
+        const("block_shape", i64(0, 0, R, bs, D)),
+        const("gathered_shape", i64(0, 0, R, M * bs, D)),
+        const("out_shape", i64(0, 0, R * bs, D)),
+        const("kv_index", index.numpy().astype(np.int64)),
+        const("mask_bias", bias),
+        const("scale", np.asarray(attrs["scale"], dtype=np.float32)),
+        helper.make_node("Reshape", ["q", "block_shape"], ["q_blocks"]),
+        helper.make_node("Reshape", ["k", "block_shape"], ["k_blocks"]),
+        helper.make_node("Reshape", ["v", "block_shape"], ["v_blocks"]),
+        helper.make_node("Gather", ["k_blocks", "kv_index"], ["k_gathered6"], axis=2),  # [B,H,R,M,bs,D]
+        helper.make_node("Gather", ["v_blocks", "kv_index"], ["v_gathered6"], axis=2),
+        helper.make_node("Reshape", ["k_gathered6", "gathered_shape"], ["k_gathered"]),
+        helper.make_node("Reshape", ["v_gathered6", "gathered_shape"], ["v_gathered"]),
+        helper.make_node("Transpose", ["k_gathered"], ["k_t"], perm=[0, 1, 2, 4, 3]),
+        helper.make_node("MatMul", ["q_blocks", "k_t"], ["scores"]),  # [B,H,R,bs,M*bs]
+        helper.make_node("Cast", ["scores"], ["scores32"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["scores32", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs32"], axis=-1),
+        helper.make_node("CastLike", ["probs32", "q"], ["probs"]),
+        helper.make_node("MatMul", ["probs", "v_gathered"], ["out_blocks"]),  # [B,H,R,bs,D]
+        helper.make_node("Reshape", ["out_blocks", "out_shape"], ["out"]),
+    ]
+    return helper.make_function(ONNX_DOMAIN, ONNX_OP, ["q", "k", "v"], ["out"], nodes,
+                                [helper.make_opsetid("", opset)], attributes=sorted(attrs))
+
+
+def read_attributes(node) -> dict[str, Any]:
+    """Attributes of an ONNX node as plain Python values."""
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        out[a.name] = value.decode() if isinstance(value, bytes) else (list(value) if isinstance(value, Sequence) and
+                                                                       not isinstance(value, str) else value)
+    return out
+
+
+def attach_block_sparse_function(model) -> dict[str, Any] | None:
+    """Add the local function for the model's BlockSparseAttention nodes (all must share one
+    pattern); returns their attributes, or None if the graph has no such node."""
+    from onnx import helper
+
+    nodes = [n for n in model.graph.node if n.domain == ONNX_DOMAIN and n.op_type == ONNX_OP]
+    if not nodes:
+        return None
+    attrs = read_attributes(nodes[0])
+    for n in nodes[1:]:
+        if read_attributes(n) != attrs:
+            raise ExportError("BlockSparseAttention nodes with different attributes in one graph")
+    model.functions.append(block_sparse_function(attrs))
+    if not any(o.domain == ONNX_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(ONNX_DOMAIN, 1))
+    return attrs
+
+
+# ======================================================================================
+# Export
+# ======================================================================================
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    files: dict[str, Path]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                   dynamic_shapes: Any = None) -> dict[str, Any] | None:
+    import onnx
+
+    with torch.no_grad():
+        module = module.eval()
+    program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
+                                    report=False)
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > TWO_GB * 0.9
+    program.save(str(path), external_data=big)
+    # Post-process the saved proto without loading external weights: add the local function,
+    # drop the exporter's per-node bookkeeping.
+    model = onnx.load(str(path), load_external_data=False)
+    attrs = attach_block_sparse_function(model)
+    for node in model.graph.node:
+        for prop in [p for p in node.metadata_props if p.key.startswith("pkg.torch") or p.key == "namespace"]:
+            node.metadata_props.remove(prop)
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path), full_check=False)
+    onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred")
+    os.remove(str(path) + ".inferred")
+    return attrs
+
+
+def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike, frames: int, dtype: str = "fp32",
+                schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
+                block_size: int | None = None, parts: Sequence[str] = ("dit", "vae_decoder", "vae_query",
+                                                                          "conditioner"),
+                overwrite: bool = True) -> ExportResult:
+    """Export ``source`` (a checkpoint path or ``"tiny"`` for the tiny random model) into
+    ``out_dir`` for ``frames`` frames. Files are written to a temp dir, then moved in place."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ExportError(f"--frames must be a positive integer, got {frames!r}")
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    unknown = set(parts) - set(FILES)
+    if unknown:
+        raise ExportError(f"unknown parts {sorted(unknown)}; expected some of {sorted(FILES)}")
+    dit, vae, cond, source_info = load_models(source)
+    temporal = dit.config.temporal
+    try:
+        strides = resolve_schedule(schedule) if schedule is not None else temporal.schedule
+        temporal = dataclasses.replace(temporal, schedule=strides,
+                                       anchor=temporal.anchor if anchor is None else anchor,
+                                       block_size=block_size or temporal.block_size)
+        P = dit.config.input_size
+        if dit.config.temporal.enabled:
+            SparsePattern.for_tokens(frames, P, temporal.block_size, temporal.schedule, temporal.anchor)
+    except (PatternError, ValueError) as exc:
+        raise ExportError(str(exc)) from None
+    for block in dit.blocks:
+        if block.has_temporal:
+            block.temporal_attn.temporal = temporal
+    dit.config = dataclasses.replace(dit.config, temporal=temporal)
+    torch_dtype = DTYPES[dtype]
+    prepare = half_precision_copy if dtype == "fp16" else (lambda m: m)
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists (pass overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    files: dict[str, Path] = {}
+    node_attrs = None
+    try:
+        gen = torch.Generator().manual_seed(0)
+        L, Cc = cond.config.num_tokens, dit.config.context_dim
+        if "dit" in parts:
+            dit.set_moe_impl("dense")
+            example = (torch.randn(2, frames, P, dit.config.in_channels, generator=gen).to(torch_dtype),
+                       torch.rand(2, generator=gen).to(torch_dtype),
+                       torch.randn(2, frames, L, Cc, generator=gen).to(torch_dtype))
+            batch = torch.export.Dim("batch", min=1, max=2)
+            node_attrs = _export_module(prepare(dit), example, tmp / FILES["dit"], ["latents", "t", "context"],
+                                        ["velocity"], dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
+            files["dit"] = out / FILES["dit"]
+        vcfg = vae.config
+        if "vae_decoder" in parts:
+            lat = torch.randn(1, vcfg.num_latents, vcfg.embed_dim, generator=gen).to(torch_dtype)
+            _export_module(prepare(VAEDecoderGraph(vae)), (lat,), tmp / FILES["vae_decoder"], ["latents"],
+                           ["key", "value"])
+            files["vae_decoder"] = out / FILES["vae_decoder"]
+        if "vae_query" in parts:
+            with torch.no_grad():
+                kv = vae.geo_decoder.precompute_kv(vae.decode(torch.randn(1, vcfg.num_latents, vcfg.embed_dim)))
+            xyz = (torch.rand(1, 4096, 3, generator=gen) * 2 - 1).to(torch_dtype)
+            points = torch.export.Dim("points", min=1, max=1 << 24)
+            _export_module(prepare(VAEQueryGraph(vae)), (kv.key.to(torch_dtype), kv.value.to(torch_dtype), xyz),
+                           tmp / FILES["vae_query"], ["key", "value", "xyz"], ["field"],
+                           dynamic_shapes=(None, None, {1: points}))
+            files["vae_query"] = out / FILES["vae_query"]
+        if "conditioner" in parts:
+            size = cond.config.image_size
+            images = torch.randn(1, 3, size, size, generator=gen).to(torch_dtype)
+            _export_module(prepare(cond), (images,), tmp / FILES["conditioner"], ["images"], ["tokens"],
+                           dynamic_shapes=({0: torch.export.Dim("images", min=1, max=64)},))
+            files["conditioner"] = out / FILES["conditioner"]
+        manifest = {
+            "format": "sculpt4d-onnx", "version": 1, "frames": frames, "dtype": dtype, "opset": OPSET,
+            "schedule": list(temporal.schedule), "anchor": temporal.anchor, "block_size": temporal.block_size,
+            "tokens_per_frame": P, "context_tokens": L, "temporal": dit.config.temporal.enabled,
+            "block_sparse_node": node_attrs, "source": source_info,
+            "dit_config": to_dict(dit.config), "vae_config": to_dict(vae.config), "conditioner_config":
+                to_dict(cond.config), "files": {k: v.name for k, v in files.items()},
+            "torch": torch.__version__,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, files, manifest)
+
+
+def load_models(source: str | os.PathLike):
+    """(dit, vae, conditioner, source info) from a checkpoint path or ``"tiny"``."""
+    from sdk.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint, state_dict_hash
+
+    if str(source) in ("tiny", "tiny-random"):
+        from sdk.pipeline import Generator
+
+        gen = Generator.tiny_random(seed=0)
+        return gen.dit, gen.vae, gen.conditioner, {"name": "tiny-random", "seed": 0,
+                                                   "dit_hash": state_dict_hash(gen.dit.state_dict())}
+    ckpt = load_checkpoint(source)
+    if ckpt.vae is None or ckpt.conditioner is None:
+        raise ExportError(f"{ckpt.source}: export needs DiT, VAE and conditioner weights")
+    return (build_dit(ckpt), build_vae(ckpt), build_conditioner(ckpt),
+            {"name": Path(ckpt.source).name, "path": str(ckpt.source), "layout": ckpt.layout,
+             "dit_hash": state_dict_hash(ckpt.dit)})
+
+
+__all__ = ["ExportError", "ExportResult", "export_onnx", "block_sparse_function", "attach_block_sparse_function",
+           "half_precision_copy"]

@@ -1,0 +1,183 @@
+"""ONNX export: ORT parity with PyTorch, the BlockSparseAttention node and its function body,
+the ONNX Runtime backend of Generator, clear export errors, and a TensorRT-RTX build."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="the [onnx] extra (onnx, onnxruntime) is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra (onnx, onnxruntime) is not installed")
+
+from export.onnx import ExportError, block_sparse_function, export_onnx, read_attributes  # noqa: E402
+from sdk.pipeline import Generator  # noqa: E402
+from sdk.sparse import PRESETS, SparsePattern, reference_block_sparse_attention  # noqa: E402
+from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, onnx_node_attributes  # noqa: E402
+
+FRAMES = 3
+# fp16 graphs on ONNX Runtime's CPU provider: fp16 storage and fp16 matmul outputs; measured
+# ~2.5e-2 max error relative to the output's max magnitude on the tiny random model.
+FP16_REL_TOL = 6e-2
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    return {dtype: export_onnx("tiny", root / dtype, frames=FRAMES, dtype=dtype) for dtype in ("fp32", "fp16")}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Generator.tiny_random(seed=0)
+
+
+def session(path):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def rel_err(a, b):
+    return float(np.abs(a.astype(np.float64) - b).max() / np.abs(b).max())
+
+
+def dit_inputs(gen, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = gen.dit.config
+    return (torch.randn(B, FRAMES, cfg.input_size, cfg.in_channels, generator=g), torch.rand(B, generator=g),
+            torch.randn(B, FRAMES, 17, cfg.context_dim, generator=g))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dit_parity(exports, tiny, dtype, batch):
+    x, t, c = dit_inputs(tiny, batch, seed=batch)
+    with torch.no_grad():
+        ref = tiny.dit(x, t, c).numpy()
+    npdt = np.float32 if dtype == "fp32" else np.float16
+    out = session(exports[dtype].files["dit"]).run(None, {"latents": x.numpy().astype(npdt),
+                                                          "t": t.numpy().astype(npdt),
+                                                          "context": c.numpy().astype(npdt)})[0]
+    assert out.dtype == npdt
+    assert rel_err(out, ref) <= (1e-4 if dtype == "fp32" else FP16_REL_TOL)
+
+
+def test_vae_and_conditioner_parity(exports, tiny):
+    g = torch.Generator().manual_seed(4)
+    vcfg = tiny.vae.config
+    latents = torch.randn(1, vcfg.num_latents, vcfg.embed_dim, generator=g)
+    xyz = torch.rand(1, 777, 3, generator=g) * 2 - 1
+    with torch.no_grad():
+        field_ref = tiny.vae.query(tiny.vae.decode(latents), xyz).numpy()
+    files = exports["fp32"].files
+    key, value = session(files["vae_decoder"]).run(None, {"latents": latents.numpy()})
+    field = session(files["vae_query"]).run(None, {"key": key, "value": value, "xyz": xyz.numpy()})[0]
+    assert rel_err(field, field_ref) <= 1e-4
+    size = tiny.conditioner.config.image_size
+    images = torch.randn(2, 3, size, size, generator=g)
+    with torch.no_grad():
+        tokens_ref = tiny.conditioner(images).numpy()
+    tokens = session(files["conditioner"]).run(None, {"images": images.numpy()})[0]
+    assert rel_err(tokens, tokens_ref) <= 1e-4
+
+
+def test_node_carries_exactly_the_plugin_attributes(exports, tiny):
+    model = onnx.load(str(exports["fp32"].files["dit"]))
+    nodes = [n for n in model.graph.node if n.domain == ONNX_DOMAIN and n.op_type == ONNX_OP]
+    assert len(nodes) == tiny.dit.config.depth, "one BlockSparseAttention node per block"
+    cfg = tiny.dit.config
+    pattern = SparsePattern.for_tokens(FRAMES, cfg.input_size, cfg.temporal.block_size)
+    expected = onnx_node_attributes(pattern, cfg.temporal.block_size, cfg.num_heads, cfg.head_dim,
+                                    cfg.head_dim ** -0.5)
+    for node in nodes:
+        assert_same_attributes(read_attributes(node), expected)
+    functions = [f for f in model.functions if (f.domain, f.name) == (ONNX_DOMAIN, ONNX_OP)]
+    assert len(functions) == 1
+    assert {n.op_type for n in functions[0].node} <= {"Constant", "Reshape", "Gather", "Transpose", "MatMul", "Cast",
+                                                      "Mul", "Add", "Softmax", "CastLike"}
+    manifest = json.loads((exports["fp32"].directory / "export.json").read_text())
+    assert manifest["frames"] == FRAMES
+    assert_same_attributes(manifest["block_sparse_node"], expected)
+
+
+def assert_same_attributes(got, expected):
+    """Same names and values; floats compared at float32 precision (ONNX stores float32)."""
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        if isinstance(value, float):
+            assert got[name] == pytest.approx(value, rel=1e-7), name
+        else:
+            assert got[name] == value, name
+
+
+def single_node_model(attrs, dtype):
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    B, H, N, D = 2, attrs["num_heads"], attrs["num_frames"] * attrs["tokens_per_frame"], attrs["head_dim"]
+    inputs = [helper.make_tensor_value_info(n, elem, [B, H, N, D]) for n in "qkv"]
+    node = helper.make_node(ONNX_OP, ["q", "k", "v"], ["out"], domain=ONNX_DOMAIN, **attrs)
+    graph = helper.make_graph([node], "bsa", inputs, [helper.make_tensor_value_info("out", elem, [B, H, N, D])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(ONNX_DOMAIN, 1)],
+                              functions=[block_sparse_function(attrs)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("anchor", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_function_body_equals_reference(name, anchor, dtype):
+    T, P, bs, H, D = 5, 32, 16, 2, 16
+    pattern = SparsePattern.for_tokens(T, P, bs, PRESETS[name], anchor)
+    attrs = onnx_node_attributes(pattern, bs, H, D, 0.3)
+    sess = ort.InferenceSession(single_node_model(attrs, dtype).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(hash((name, anchor)) % 1000)
+    q, k, v = (torch.randn(2, H, T * P, D, generator=g) for _ in range(3))
+    q, k, v = (x.to(torch.float16).float() for x in (q, k, v)) if dtype == np.float16 else (q, k, v)
+    out = sess.run(None, {"q": q.numpy().astype(dtype), "k": k.numpy().astype(dtype), "v": v.numpy().astype(dtype)})[0]
+    ref = reference_block_sparse_attention(q, k, v, pattern, bs, scale=0.3).numpy()
+    np.testing.assert_allclose(out.astype(np.float32), ref, atol=1e-5 if dtype == np.float32 else 5e-3, rtol=1e-3)
+
+
+def test_onnxruntime_backend_matches_torch(exports, tiny, tmp_path):
+    from test_pipeline import write_video
+
+    video = write_video(tmp_path / "clip.mp4")
+    ort_gen = Generator.from_pretrained(exports["fp32"].directory)
+    assert ort_gen.backend == "onnxruntime"
+    kwargs = dict(num_frames=FRAMES, steps=3, resolution=24, seed=5)
+    a, b = tiny(video, **kwargs), ort_gen(video, **kwargs)
+    for ma, mb in zip(a.meshes, b.meshes):
+        assert len(ma.vertices) == len(mb.vertices)
+        np.testing.assert_allclose(ma.vertices, mb.vertices, atol=1e-4)
+    with pytest.raises(ValueError, match=f"built for {FRAMES} frames"):
+        ort_gen(video, num_frames=FRAMES + 1, steps=2, resolution=16)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(frames=0), "positive integer"),
+    (dict(frames=2, schedule="wobbly"), "unknown schedule"),
+    (dict(frames=2, block_size=24), "multiple of the block size"),
+    (dict(frames=2, dtype="int8"), "--dtype"),
+])
+def test_export_errors(tmp_path, kwargs, needle):
+    with pytest.raises(ExportError, match=needle):
+        export_onnx("tiny", tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_tensorrt_rtx_builds_the_exported_graphs(exports):
+    """TensorRT-RTX (CPU-only ahead-of-time build) parses and builds every exported graph; the
+    BlockSparseAttention function body stands in, since no plugin is registered here."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'sculpt4d-sdk[trt-rtx]')")
+    from export.tensorrt import ShapeRange, build_engine
+
+    for dtype, result in exports.items():
+        for part, path in result.files.items():
+            shapes = {"xyz": ShapeRange((1, 1, 3), (1, 4096, 3), (1, 65536, 3))} if part == "vae_query" else None
+            engine = build_engine(path, shapes, flavour="tensorrt-rtx")
+            assert len(engine) > 1000, (dtype, part)
