@@ -10,8 +10,8 @@ import typer
 
 from sdk.sparse import PRESETS, PatternError
 
-app = typer.Typer(help="Sculpt4D export tools: ONNX export and the FLOPs planner (TensorRT engine builds "
-                       "arrive in a later release).", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Sculpt4D export tools: TensorRT engines, ONNX export and the FLOPs planner.",
+                  no_args_is_help=True, add_completion=False)
 
 SCHEDULE_HELP = (f"Block-sparse schedule: a preset ({', '.join(PRESETS)}) or comma-separated strides, "
                  "e.g. 1,1,2,4.")
@@ -99,6 +99,52 @@ def onnx(
         for part, path in result.files.items():
             typer.echo(f"{part:<12} {path}")
         typer.echo(f"export.json  {result.directory / 'export.json'}")
+
+
+@app.command()
+def build(
+    frames: List[int] = typer.Option(..., "--frames", "-f", help="Frame count; repeat for several engines."),
+    checkpoint: str = typer.Option("tiny", "--checkpoint", "-c", help="Checkpoint file/directory or 'tiny' "
+                                                                      "(tiny random-weight model)."),
+    precision: str = typer.Option("fp16", help="fp16, bf16 or fp32: the ONNX graph is typed accordingly "
+                                               "(TensorRT is strongly typed)."),
+    target: str = typer.Option("tensorrt", help="tensorrt (full TensorRT, builds for this GPU) or tensorrt-rtx "
+                                                "(ahead-of-time build, no GPU needed)."),
+    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", "-o", help="Where engines and manifest.json "
+                                                                                "go (and the engine cache)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", "-s", help=SCHEDULE_HELP + " Default: the model's."),
+    no_anchor: bool = typer.Option(False, "--no-anchor", help="Drop the first-frame anchor column."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per attention block."),
+) -> None:
+    """Build one DiT engine per frame count (stride schedule baked in) plus the VAE-decoder, VAE-query
+    and conditioner engines; reuse cached engines whose manifest entry still matches."""
+    from export.builder import build_engines
+    from export.onnx import ExportError
+    from export.tensorrt import TensorRTError
+    from sdk.checkpoint import CheckpointError
+
+    try:
+        sched = parse_schedule(schedule) if schedule is not None else None
+        report = build_engines(frames, checkpoint=checkpoint, precision=precision, target=target,
+                               engine_dir=engine_dir, schedule=sched, anchor=False if no_anchor else None,
+                               block_size=block_size, log=lambda m: typer.echo(m, err=True))
+    except (ExportError, CheckpointError, PatternError, TensorRTError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"{len(report.built)} built, {len(report.reused)} reused -> {report.engine_dir}")
+
+
+@app.command()
+def inspect(engine_dir: Path = typer.Argument(..., help="An engine directory written by s4d-export build.")) -> None:
+    """Print the manifest of an engine directory: what each engine was built from and supports."""
+    from export.builder import describe_engines
+    from export.tensorrt import TensorRTError
+
+    try:
+        typer.echo(describe_engines(engine_dir))
+    except TensorRTError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2)
 
 
 def main() -> None:

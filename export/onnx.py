@@ -44,7 +44,7 @@ from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, _padded_lists
 
 OPSET = 20
 MANIFEST = "export.json"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TWO_GB = 2 * 1024 ** 3
 FILES = {"dit": "dit.onnx", "vae_decoder": "vae_decoder.onnx", "vae_query": "vae_query.onnx",
          "conditioner": "conditioner.onnx"}
@@ -95,11 +95,11 @@ class Fp32Norm(nn.Module):
         return self.norm(x.float()).to(x.dtype)
 
 
-def half_precision_copy(module: nn.Module) -> nn.Module:
-    """An fp16 copy of ``module`` whose LayerNorm / RMSNorm layers compute in fp32."""
+def half_precision_copy(module: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
+    """An fp16 (or bf16) copy of ``module`` whose LayerNorm / RMSNorm layers compute in fp32."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecation notice on deepcopy
-        clone = copy.deepcopy(module).half()
+        clone = copy.deepcopy(module).to(dtype)
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, (nn.LayerNorm, nn.RMSNorm)):
@@ -228,13 +228,14 @@ def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list
     return attrs
 
 
-def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike, frames: int, dtype: str = "fp32",
+def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, frames: int, dtype: str = "fp32",
                 schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
                 block_size: int | None = None, parts: Sequence[str] = ("dit", "vae_decoder", "vae_query",
                                                                           "conditioner"),
                 overwrite: bool = True) -> ExportResult:
-    """Export ``source`` (a checkpoint path or ``"tiny"`` for the tiny random model) into
-    ``out_dir`` for ``frames`` frames. Files are written to a temp dir, then moved in place."""
+    """Export ``source`` (a checkpoint path, ``"tiny"`` for the tiny random model, or the tuple
+    ``load_models`` returns) into ``out_dir`` for ``frames`` frames. Files are written to a temp
+    dir, then moved in place. The models are modified in place only by the schedule override."""
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ExportError(f"--frames must be a positive integer, got {frames!r}")
     if dtype not in DTYPES:
@@ -242,7 +243,7 @@ def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike, frames: i
     unknown = set(parts) - set(FILES)
     if unknown:
         raise ExportError(f"unknown parts {sorted(unknown)}; expected some of {sorted(FILES)}")
-    dit, vae, cond, source_info = load_models(source)
+    dit, vae, cond, source_info = source if isinstance(source, tuple) else load_models(source)
     temporal = dit.config.temporal
     try:
         strides = resolve_schedule(schedule) if schedule is not None else temporal.schedule
@@ -259,7 +260,7 @@ def export_onnx(source: str | os.PathLike, out_dir: str | os.PathLike, frames: i
             block.temporal_attn.temporal = temporal
     dit.config = dataclasses.replace(dit.config, temporal=temporal)
     torch_dtype = DTYPES[dtype]
-    prepare = half_precision_copy if dtype == "fp16" else (lambda m: m)
+    prepare = (lambda m: half_precision_copy(m, torch_dtype)) if dtype != "fp32" else (lambda m: m)
 
     out = Path(out_dir)
     if out.exists() and not overwrite:

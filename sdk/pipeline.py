@@ -22,7 +22,8 @@ import torch
 
 from .config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig
 from .progress import ProgressReporter, make_reporter
-from .runtimes import BackendError, OnnxRuntime, TorchRuntime, is_export_directory
+from .runtimes import (BackendError, OnnxRuntime, TensorRTRuntime, TorchRuntime, is_engine_directory,
+                       is_export_directory)
 from .sampling import NOISE_MODES, SamplerSettings, sample_flow
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -85,9 +86,17 @@ class Generator:
         """
         if backend not in BACKENDS:
             raise GeneratorError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        if is_engine_directory(path):
+            if backend not in ("auto", "tensorrt"):
+                raise GeneratorError(f"{path} holds TensorRT engines; it runs with backend='tensorrt'")
+            try:
+                runtime = TensorRTRuntime(path)
+            except BackendError as exc:
+                raise GeneratorError(str(exc)) from None
+            return cls(runtime, {"name": Path(path).name, "path": str(path)})
         if backend == "tensorrt":
-            raise GeneratorError("backend 'tensorrt' is not available in this release yet; use 'torch' or "
-                                 "'onnxruntime'")
+            raise GeneratorError(f"backend 'tensorrt' runs an engine directory; build one with "
+                                 f"s4d-export build --frames N --checkpoint {path} --engine-dir DIR, then pass DIR")
         if is_export_directory(path):
             if backend not in ("auto", "onnxruntime"):
                 raise GeneratorError(f"{path} is an ONNX export; it runs with backend='onnxruntime'")

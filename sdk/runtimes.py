@@ -143,3 +143,135 @@ def read_export_manifest(directory: Path) -> dict[str, Any]:
 
 def is_export_directory(path: str | os.PathLike) -> bool:
     return (Path(path) / EXPORT_MANIFEST).is_file()
+
+
+# ======================================================================================
+# TensorRT engines (s4d-export build)
+# ======================================================================================
+
+ENGINE_MANIFEST = "manifest.json"
+
+
+def is_engine_directory(path: str | os.PathLike) -> bool:
+    manifest = Path(path) / ENGINE_MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("format") == "sculpt4d-engines"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def check_engine_entry(entry: dict[str, Any], name: str, trt_version: str, device: str | None) -> None:
+    """Raise ``BackendError`` if an engine was built for another TensorRT or GPU."""
+    rebuild = f"rebuild with: s4d-export build --frames {entry.get('frames') or 'N'} --target {entry['flavour']}"
+    if entry["tensorrt_version"] != trt_version:
+        raise BackendError(f"{name} was built with {entry['flavour']} {entry['tensorrt_version']}, this process has "
+                           f"{trt_version}; {rebuild}")
+    if entry["flavour"] == "tensorrt" and device is not None and entry["target"] != device:
+        raise BackendError(f"{name} was built for {entry['target']}, this GPU is {device}; {rebuild}")
+
+
+_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+                 "INT64": torch.int64}
+
+
+class TensorRTRuntime:
+    """Runs the engines of ``s4d-export build`` with torch CUDA tensors as I/O.
+
+    One DiT engine per frame count; the VAE-decoder, VAE-query and conditioner engines are shared.
+    Needs a CUDA GPU and the TensorRT flavour the engines were built with; loads the
+    BlockSparseAttention plugin library when the engines were built with it.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        manifest = json.loads((self.directory / ENGINE_MANIFEST).read_text())
+        self.entries: dict[str, dict[str, Any]] = manifest["engines"]
+        if not torch.cuda.is_available():
+            raise BackendError("backend 'tensorrt' needs a CUDA GPU and a CUDA build of torch; none is available "
+                               "here (use backend='onnxruntime' or 'torch')")
+        flavours = {e["flavour"] for e in self.entries.values()}
+        module = "tensorrt_rtx" if flavours == {"tensorrt-rtx"} else "tensorrt"
+        try:
+            self.trt = __import__(module)
+        except ImportError:
+            raise BackendError(f"the engines in {self.directory} need the Python package {module!r}") from None
+        major, minor = torch.cuda.get_device_capability()
+        self.device_desc = f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+        for name, entry in self.entries.items():
+            check_engine_entry(entry, name, self.trt.__version__, self.device_desc)
+        if any(e.get("plugin_loaded") for e in self.entries.values()):
+            lib = os.environ.get("S4D_TRT_PLUGIN")
+            if not lib or not Path(lib).is_file():
+                raise BackendError("these engines use the BlockSparseAttention plugin: set S4D_TRT_PLUGIN to "
+                                   "libs4d_trt_plugin.so (see plugins_trt/README.md)")
+            self.trt.get_plugin_registry().load_library(lib)
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.runtime = self.trt.Runtime(self.logger)
+        self._contexts: dict[str, Any] = {}
+        shared = self.entries.get("vae_decoder.engine") or next(iter(self.entries.values()))
+        configs = shared["configs"]
+        self.dit_config = dit_config_from_dict(configs["dit_config"])
+        self.vae_config = simple_config_from_dict(VAEConfig, configs["vae_config"])
+        self.conditioner_config = simple_config_from_dict(ConditionerConfig, configs["conditioner_config"])
+        self.fixed_frames = None
+        self.frames_available = sorted(e["frames"] for e in self.entries.values() if e["part"] == "dit")
+
+    def _context(self, name: str):
+        if name not in self._contexts:
+            if name not in self.entries or not (self.directory / name).is_file():
+                raise BackendError(f"{self.directory} has no {name}")
+            engine = self.runtime.deserialize_cuda_engine((self.directory / name).read_bytes())
+            if engine is None:
+                raise BackendError(f"{name}: TensorRT could not deserialize the engine (built for another GPU or "
+                                   "TensorRT?)")
+            self._contexts[name] = (engine, engine.create_execution_context())
+        return self._contexts[name]
+
+    def _run(self, name: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        engine, context = self._context(name)
+        keep = []
+        for key, tensor in inputs.items():
+            dtype = _TORCH_DTYPES[engine.get_tensor_dtype(key).name]
+            tensor = tensor.to("cuda", dtype).contiguous()
+            keep.append(tensor)
+            context.set_input_shape(key, tuple(tensor.shape))
+            context.set_tensor_address(key, tensor.data_ptr())
+        outputs = []
+        for i in range(engine.num_io_tensors):
+            key = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(key) == self.trt.TensorIOMode.OUTPUT:
+                out = torch.empty(tuple(context.get_tensor_shape(key)),
+                                  dtype=_TORCH_DTYPES[engine.get_tensor_dtype(key).name], device="cuda")
+                context.set_tensor_address(key, out.data_ptr())
+                outputs.append(out)
+        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise BackendError(f"{name}: TensorRT execution failed")
+        return outputs
+
+    def condition(self, images: torch.Tensor) -> torch.Tensor:
+        prepared = prepare_images(images.float().cuda(), self.conditioner_config.image_size)
+        return self._run("conditioner.engine", {"images": prepared})[0].float()
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        frames = latents.shape[1]
+        name = f"dit_t{frames}.engine"
+        if name not in self.entries:
+            raise BackendError(f"no DiT engine for {frames} frames in {self.directory} (have {self.frames_available});"
+                               f" build it with: s4d-export build --frames {frames} --engine-dir {self.directory}")
+        return self._run(name, {"latents": latents, "t": t, "context": context})[0].float()
+
+    def frame_query_fn(self, latents: torch.Tensor):
+        key, value = self._run("vae_decoder.engine", {"latents": latents})
+        runtime = self
+
+        class _Query:
+            bytes_per_point = 8192
+
+            def __call__(self, xyz: torch.Tensor) -> torch.Tensor:
+                return runtime._run("vae_query.engine", {"key": key, "value": value, "xyz": xyz[None]})[0][0].float()
+
+        return _Query()

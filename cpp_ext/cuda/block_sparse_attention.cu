@@ -1,0 +1,427 @@
+// Sculpt4D block-sparse attention forward, CUDA (plain CUDA C++, C ABI in
+// s4d/block_sparse_attention_cuda.h; no PyTorch / TensorRT headers).
+//
+// FlashAttention-2 style, one CTA per (batch_head, query block):
+//   * BM = block_size query rows per CTA (64 or 128), one warp per 16 rows (4 or 8 warps);
+//     each warp keeps its Q fragments (16 x D) in registers for the whole CTA.
+//   * Key/value tiles of BN = 64 rows stream through shared memory with cp.async (sm_80+),
+//     double-buffered: while tile j is computed, tile j+1 is in flight. The tile sequence is
+//     the CSR key-block list of the query block (block_size / 64 tiles per key block), so
+//     blocks that are not listed are never read.
+//   * S = Q K^T and O += P V on tensor cores: mma.sync.m16n8k16 (fp16 or bf16 in, fp32
+//     accumulate), operands fetched with ldmatrix (V with .trans). The S accumulators are
+//     re-packed in registers as the A operand of P V (FA2's register reuse).
+//   * Online softmax in fp32 and log2 units: scores are scaled by scale*log2(e), p = 2^(s - m),
+//     running max m and row sum l per row; O is rescaled by 2^(m_old - m_new) per tile.
+//   * Shared memory rows (D halves = D/8 16-byte chunks) are XOR-swizzled, chunk ^ (row & 7), so
+//     cp.async stores and ldmatrix loads are bank-conflict free without padding.
+//   * Epilogue: O / l is staged through the warp's own (no longer needed) Q rows in shared
+//     memory and written with coalesced 16-byte stores; lse = ln2 * (m + log2 l).
+// The tensor-core path needs sm_80+; sm_90 uses it as well (no Hopper-only instructions).
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+
+#include "bsa_internal.h"
+#include "s4d/block_sparse_attention_cuda.h"
+
+namespace {
+
+struct F16Tag {};
+struct BF16Tag {};
+
+constexpr int kBN = 64;  // keys per K/V tile
+
+struct Params {
+  const uint16_t* q;
+  const uint16_t* k;
+  const uint16_t* v;
+  uint16_t* out;
+  float* lse;
+  const int32_t* offsets;
+  const int32_t* indices;
+  int64_t seq_len;
+  int nnz;
+  int num_blocks;  // query blocks == key blocks
+  float scale_log2;
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define S4D_BSA_DEVICE_OK 1
+#endif
+
+#ifdef S4D_BSA_DEVICE_OK
+
+// ---- PTX wrappers --------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <typename Tag>
+struct Mma;
+
+template <>
+struct Mma<F16Tag> {
+  // lo -> bits [0, 16), hi -> bits [16, 32)
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct Mma<BF16Tag> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Element offset of 16-byte chunk `ch` of row `row` in a swizzled [rows][D] tile.
+template <int D>
+__device__ __forceinline__ int swz(int row, int ch) {
+  return row * D + ((ch ^ (row & 7)) << 3);
+}
+
+// Asynchronously copies `ROWS` contiguous rows of D halves from global to a swizzled tile.
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void load_tile(uint16_t* s, const uint16_t* g, int tid) {
+  constexpr int C = D / 8;
+  static_assert((ROWS * C) % NT == 0, "tile chunks must divide evenly among the threads");
+#pragma unroll
+  for (int it = 0; it < ROWS * C / NT; ++it) {
+    const int i = it * NT + tid;
+    const int row = i / C, ch = i % C;
+    cp_async16(s + swz<D>(row, ch), g + static_cast<int64_t>(row) * D + ch * 8);
+  }
+}
+
+__device__ __forceinline__ int clamp_block(int c, int nb) { return c < 0 ? 0 : (c >= nb ? nb - 1 : c); }
+
+#endif  // S4D_BSA_DEVICE_OK
+
+// Registers (nvcc 13, no spills): ~170 a thread at D = 64, ~235 at D = 128 (O 64 + S 32 + Q 32
+// fp32/b32 per thread plus software-pipelined fragments). Forcing two 256-thread CTAs per SM
+// (<= 128 registers) spills at D = 64, so one CTA per SM is requested; block size 64 CTAs
+// (128 threads) still co-reside.
+template <typename Tag, int D, int BS>
+__global__ void __launch_bounds__(BS * 2, 1) bsa_fwd_kernel(const Params p) {
+#ifdef S4D_BSA_DEVICE_OK
+  constexpr int BM = BS;          // query rows per CTA
+  constexpr int WARPS = BM / 16;  // one warp per 16 query rows
+  constexpr int NT = WARPS * 32;
+  constexpr int TPB = BS / kBN;   // K/V tiles per key block
+  constexpr int C = D / 8;        // 16-byte chunks per row
+  constexpr int KC = D / 16;      // k16 steps of Q K^T
+  constexpr int NS = kBN / 8;     // n8 tiles of S
+  constexpr int ND = D / 8;       // n8 tiles of O
+  static_assert(KC % 2 == 0 && ND % 2 == 0, "D must be a multiple of 32");
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint16_t* sQ = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* sK = sQ + BM * D;       // 2 stages of [kBN][D]
+  uint16_t* sV = sK + 2 * kBN * D;  // 2 stages of [kBN][D]
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int nb = p.num_blocks;
+  const int qblock = static_cast<int>(blockIdx.x % static_cast<unsigned>(nb));
+  const int64_t bh = static_cast<int64_t>(blockIdx.x / static_cast<unsigned>(nb));
+
+  int e0 = __ldg(p.offsets + qblock);
+  int e1 = __ldg(p.offsets + qblock + 1);
+  e0 = e0 < 0 ? 0 : (e0 > p.nnz ? p.nnz : e0);
+  e1 = e1 < e0 ? e0 : (e1 > p.nnz ? p.nnz : e1);
+  const int ntiles = (e1 - e0) * TPB;
+
+  const int64_t head_row0 = bh * p.seq_len;  // first token row of this batch_head
+  const int64_t q_row0 = head_row0 + static_cast<int64_t>(qblock) * BS;
+  uint16_t* out = p.out + q_row0 * D;
+
+  if (ntiles == 0) {  // no key block: zero output, lse = -inf
+    for (int i = tid; i < BM * C; i += NT) reinterpret_cast<uint4*>(out)[i] = make_uint4(0u, 0u, 0u, 0u);
+    if (p.lse != nullptr)
+      for (int i = tid; i < BM; i += NT) p.lse[q_row0 + i] = -__int_as_float(0x7f800000);
+    return;
+  }
+
+  // Token row of K/V tile j, whose key block is c.
+  auto kv_row = [&](int j, int c) -> int64_t {
+    return head_row0 + static_cast<int64_t>(c) * BS + (j % TPB) * kBN;
+  };
+  auto block_of = [&](int j) -> int { return clamp_block(__ldg(p.indices + e0 + j / TPB), nb); };
+
+  // Prologue: Q and the first K/V tile in one group.
+  {
+    load_tile<D, BM, NT>(sQ, p.q + q_row0 * D, tid);
+    const int64_t row = kv_row(0, block_of(0));
+    load_tile<D, kBN, NT>(sK, p.k + row * D, tid);
+    load_tile<D, kBN, NT>(sV, p.v + row * D, tid);
+    cp_async_commit();
+  }
+  int next_block = ntiles > 1 ? block_of(1) : 0;  // key block of tile j+1
+
+  float m0 = -__int_as_float(0x7f800000), m1 = m0;  // running max (log2 units), rows g and g+8
+  float l0 = 0.0f, l1 = 0.0f;                        // running sum (this thread's columns)
+  float o[ND][4];
+#pragma unroll
+  for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  uint32_t qf[KC][4];
+
+  for (int j = 0; j < ntiles; ++j) {
+    cp_async_wait_all();
+    __syncthreads();  // tile j visible to all warps; every warp is done with tile j-1
+    if (j + 1 < ntiles) {
+      const int stage = (j + 1) & 1;
+      const int64_t row = kv_row(j + 1, next_block);
+      load_tile<D, kBN, NT>(sK + stage * kBN * D, p.k + row * D, tid);
+      load_tile<D, kBN, NT>(sV + stage * kBN * D, p.v + row * D, tid);
+      cp_async_commit();
+      if (j + 2 < ntiles) next_block = block_of(j + 2);  // consumed next iteration
+    }
+    if (j == 0) {
+      // Q fragments (A operand, 16 x 16 per k-step): matrices rows 0-7 / 8-15 x cols 0-7 / 8-15.
+      const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int kc = 0; kc < KC; ++kc) ldsm_x4(qf[kc], sQ + swz<D>(row, 2 * kc + (lane >> 4)));
+    }
+    const uint16_t* tK = sK + (j & 1) * kBN * D;
+    const uint16_t* tV = sV + (j & 1) * kBN * D;
+
+    // ---- S = Q K^T (16 x 64 per warp) ----
+    float s[NS][4];
+#pragma unroll
+    for (int n = 0; n < NS; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < KC; kc += 2) {
+#pragma unroll
+      for (int n = 0; n < NS; ++n) {
+        // keys n*8 .. n*8+7, dims 16*kc .. 16*kc+31: B fragments of k-steps kc and kc+1
+        uint32_t b[4];
+        ldsm_x4(b, tK + swz<D>(n * 8 + (lane & 7), 2 * kc + (lane >> 3)));
+        Mma<Tag>::mma(s[n], qf[kc], b[0], b[1]);
+        Mma<Tag>::mma(s[n], qf[kc + 1], b[2], b[3]);
+      }
+    }
+
+    // ---- online softmax (log2 units) ----
+    float mx0 = -__int_as_float(0x7f800000), mx1 = mx0;
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+      s[n][0] *= p.scale_log2;
+      s[n][1] *= p.scale_log2;
+      s[n][2] *= p.scale_log2;
+      s[n][3] *= p.scale_log2;
+      mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+    }
+    // a row's 64 scores are spread over the 4 threads of a quad
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+    const float ref0 = new0 == -__int_as_float(0x7f800000) ? 0.0f : new0;  // avoid (-inf) - (-inf)
+    const float ref1 = new1 == -__int_as_float(0x7f800000) ? 0.0f : new1;
+    const float alpha0 = ex2(m0 - ref0), alpha1 = ex2(m1 - ref1);
+    m0 = new0;
+    m1 = new1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+      s[n][0] = ex2(s[n][0] - ref0);
+      s[n][1] = ex2(s[n][1] - ref0);
+      s[n][2] = ex2(s[n][2] - ref1);
+      s[n][3] = ex2(s[n][3] - ref1);
+      sum0 += s[n][0] + s[n][1];
+      sum1 += s[n][2] + s[n][3];
+    }
+    l0 = l0 * alpha0 + sum0;
+    l1 = l1 * alpha1 + sum1;
+#pragma unroll
+    for (int n = 0; n < ND; ++n) {
+      o[n][0] *= alpha0;
+      o[n][1] *= alpha0;
+      o[n][2] *= alpha1;
+      o[n][3] *= alpha1;
+    }
+
+    // ---- O += P V: P's accumulators re-packed as A fragments (k-step = 16 keys) ----
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t a[4];
+      a[0] = Mma<Tag>::pack(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = Mma<Tag>::pack(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = Mma<Tag>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = Mma<Tag>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      const int vrow = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int dd = 0; dd < ND / 2; ++dd) {
+        // keys 16*kk .. +15, dims 16*dd .. +15 (transposed): B fragments of n-tiles 2dd, 2dd+1
+        uint32_t b[4];
+        ldsm_x4_trans(b, tV + swz<D>(vrow, 2 * dd + (lane >> 4)));
+        Mma<Tag>::mma(o[2 * dd], a, b[0], b[1]);
+        Mma<Tag>::mma(o[2 * dd + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // ---- epilogue ----
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+  const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  const int g = lane >> 2, tig = lane & 3;
+  const int r0 = warp * 16 + g, r1 = r0 + 8;  // rows of this thread inside the CTA tile
+  __syncwarp();
+  // Stage through this warp's own Q rows (only this warp ever read them).
+#pragma unroll
+  for (int n = 0; n < ND; ++n) {
+    *reinterpret_cast<uint32_t*>(sQ + swz<D>(r0, n) + 2 * tig) = Mma<Tag>::pack(o[n][0] * inv0, o[n][1] * inv0);
+    *reinterpret_cast<uint32_t*>(sQ + swz<D>(r1, n) + 2 * tig) = Mma<Tag>::pack(o[n][2] * inv1, o[n][3] * inv1);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int it = 0; it < 16 * C / 32; ++it) {
+    const int i = it * 32 + lane;
+    const int row = warp * 16 + i / C, ch = i % C;
+    *reinterpret_cast<uint4*>(out + static_cast<int64_t>(row) * D + ch * 8) =
+        *reinterpret_cast<const uint4*>(sQ + swz<D>(row, ch));
+  }
+  if (p.lse != nullptr && tig == 0) {
+    const float kLn2 = 0.69314718055994531f;
+    p.lse[q_row0 + r0] = (m0 + lg2(l0)) * kLn2;
+    p.lse[q_row0 + r1] = (m1 + lg2(l1)) * kLn2;
+  }
+#else
+  (void)p;
+#endif  // S4D_BSA_DEVICE_OK
+}
+
+constexpr int smem_bytes(int D, int BS) { return (BS * D + 4 * kBN * D) * 2; }
+
+template <typename Tag, int D, int BS>
+cudaError_t launch(const Params& p, int64_t batch_heads, cudaStream_t stream) {
+  auto kernel = bsa_fwd_kernel<Tag, D, BS>;
+  constexpr int smem = smem_bytes(D, BS);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  const unsigned grid = static_cast<unsigned>(batch_heads * p.num_blocks);
+  kernel<<<grid, BS * 2, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename Tag>
+cudaError_t dispatch(const Params& p, int64_t batch_heads, int64_t head_dim, int64_t block_size,
+                     cudaStream_t stream) {
+  if (head_dim == 64) {
+    if (block_size == 64) return launch<Tag, 64, 64>(p, batch_heads, stream);
+    return launch<Tag, 64, 128>(p, batch_heads, stream);
+  }
+  if (block_size == 64) return launch<Tag, 128, 64>(p, batch_heads, stream);
+  return launch<Tag, 128, 128>(p, batch_heads, stream);
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+}  // namespace
+
+extern "C" int s4d_bsa_forward_cuda(const void* q, const void* k, const void* v, void* out, float* lse,
+                                    int64_t batch_heads, int64_t seq_len, int64_t head_dim, int64_t block_size,
+                                    const int32_t* kv_offsets, const int32_t* kv_indices, int64_t nnz,
+                                    int64_t num_query_blocks, float scale, int dtype, void* stream) {
+  const char* fn = "s4d_bsa_forward_cuda";
+  int rc = s4d_bsa_check_args_cuda(batch_heads, seq_len, head_dim, block_size, num_query_blocks, scale, dtype,
+                                   nullptr, nullptr, nnz);
+  if (rc != S4D_BSA_OK) return rc;
+  if (!q) return s4d_bsa_cuda_set_error(S4D_BSA_ERR_NULL_POINTER, "%s: q is NULL", fn);
+  if (!k) return s4d_bsa_cuda_set_error(S4D_BSA_ERR_NULL_POINTER, "%s: k is NULL", fn);
+  if (!v) return s4d_bsa_cuda_set_error(S4D_BSA_ERR_NULL_POINTER, "%s: v is NULL", fn);
+  if (!out) return s4d_bsa_cuda_set_error(S4D_BSA_ERR_NULL_POINTER, "%s: out is NULL", fn);
+  if (!kv_offsets) return s4d_bsa_cuda_set_error(S4D_BSA_ERR_NULL_POINTER, "%s: kv_offsets is NULL", fn);
+  if (nnz > 0 && !kv_indices)
+    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_NULL_POINTER, "%s: kv_indices is NULL but nnz = %lld", fn,
+                                  static_cast<long long>(nnz));
+  if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out))
+    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_ALIGNMENT, "%s: q, k, v and out must be 16-byte aligned", fn);
+  if (batch_heads == 0) return S4D_BSA_OK;
+
+  int device = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_DEVICE, "%s: querying the CUDA device failed: %s", fn,
+                                  cudaGetErrorString(err));
+  }
+  if (major < 8)
+    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_DEVICE,
+                                  "%s: needs a GPU of compute capability >= 8.0 (device %d is %d.x)", fn, device, major);
+
+  Params p;
+  p.q = static_cast<const uint16_t*>(q);
+  p.k = static_cast<const uint16_t*>(k);
+  p.v = static_cast<const uint16_t*>(v);
+  p.out = static_cast<uint16_t*>(out);
+  p.lse = lse;
+  p.offsets = kv_offsets;
+  p.indices = kv_indices;
+  p.seq_len = seq_len;
+  p.nnz = static_cast<int>(nnz);
+  p.num_blocks = static_cast<int>(num_query_blocks);
+  p.scale_log2 = scale * 1.4426950408889634f;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  err = dtype == S4D_BSA_DTYPE_F16 ? dispatch<F16Tag>(p, batch_heads, head_dim, block_size, s)
+                                   : dispatch<BF16Tag>(p, batch_heads, head_dim, block_size, s);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_DEVICE, "%s: kernel launch failed: %s", fn, cudaGetErrorString(err));
+  }
+  return S4D_BSA_OK;
+}

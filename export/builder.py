@@ -1,0 +1,205 @@
+"""``s4d-export build``: TensorRT engines per frame count, with the schedule baked in, and a cache.
+
+Layout of an engine directory::
+
+    manifest.json              one entry per engine: what it was built from and for
+    dit_t16.engine             one DiT engine per frame count (the CSR lists of that T baked in)
+    vae_decoder.engine, vae_query.engine, conditioner.engine   (frame-count independent)
+    onnx/t16/...               the ONNX export each DiT engine came from
+
+The cache key of an engine is its manifest entry minus the build bookkeeping: model hash, part,
+frames, schedule, anchor, block size, precision, TensorRT flavour and version, target GPU and
+plugin version. A matching existing engine is reused; a stale one is rebuilt and the reason is
+printed in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from sdk.sparse import resolve_schedule
+from sdk.sparse.attention import PLUGIN_VERSION
+
+from .onnx import FILES, ExportError, export_onnx, load_models
+from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt
+
+MANIFEST = "manifest.json"
+PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+TARGETS = ("tensorrt", "tensorrt-rtx")
+# Fields that decide whether an engine can be reused.
+KEY_FIELDS = ("part", "model_hash", "frames", "schedule", "anchor", "block_size", "precision", "flavour",
+              "tensorrt_version", "target", "plugin_version", "plugin_loaded")
+
+
+@dataclass
+class BuildReport:
+    engine_dir: Path
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+def target_description(flavour: str) -> str:
+    """What an engine targets: the local GPU (name + compute capability) for full TensorRT, or
+    TensorRT-RTX's ahead-of-time default targets when built without a GPU."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+    except Exception:  # no CUDA runtime at all
+        pass
+    if flavour == "tensorrt-rtx":
+        return "ahead-of-time (TensorRT-RTX default targets, no GPU at build time)"
+    return "unknown GPU"
+
+
+def find_plugin_library() -> Path | None:
+    """The BlockSparseAttention plugin library: ``$S4D_TRT_PLUGIN`` or a build under plugins_trt/."""
+    env = os.environ.get("S4D_TRT_PLUGIN")
+    if env:
+        return Path(env)
+    root = Path(__file__).resolve().parent.parent / "plugins_trt"
+    for candidate in sorted(root.glob("build*/**/libs4d_trt_plugin.so")):
+        return candidate
+    return None
+
+
+def _load_plugin(trt, log: Callable[[str], None]) -> bool:
+    lib = find_plugin_library()
+    if lib is None:
+        log("plugin: libs4d_trt_plugin.so not found (set S4D_TRT_PLUGIN); the BlockSparseAttention ONNX "
+            "function body (standard ops) is built instead - correct, but not the fast kernel")
+        return False
+    if not lib.is_file():
+        raise TensorRTError(f"plugin library {lib} does not exist (S4D_TRT_PLUGIN)")
+    trt.get_plugin_registry().load_library(str(lib))
+    log(f"plugin: loaded {lib}")
+    return True
+
+
+def read_manifest(engine_dir: Path) -> dict[str, Any]:
+    path = Path(engine_dir) / MANIFEST
+    if not path.is_file():
+        return {"format": "sculpt4d-engines", "version": 1, "engines": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TensorRTError(f"{path}: unreadable engine manifest ({exc}); delete it to rebuild") from None
+
+
+def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: Path) -> str | None:
+    """Why an engine must be (re)built, or None if the cached one matches."""
+    if old is None:
+        return "not built yet"
+    if not engine_path.is_file():
+        return "engine file missing"
+    for key in KEY_FIELDS:
+        if old.get(key) != new.get(key):
+            return f"{key} changed: {old.get(key)!r} -> {new.get(key)!r}"
+    return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: str = "fp16",
+                  target: str = "tensorrt", engine_dir: str | os.PathLike = "engines",
+                  schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
+                  block_size: int | None = None, max_query_points: int = 1 << 18,
+                  log: Callable[[str], None] = print) -> BuildReport:
+    """Export (if needed) and build one DiT engine per frame count plus the VAE-decoder, VAE-query
+    and conditioner engines, reusing cached engines whose key matches."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if target not in TARGETS:
+        raise ExportError(f"--target must be one of {TARGETS}, got {target!r}")
+    if not frames:
+        raise ExportError("give at least one --frames value")
+    trt, flavour = import_tensorrt(target)
+    out = Path(engine_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out)
+    report = BuildReport(out)
+    plugin_loaded = _load_plugin(trt, log)
+    models = load_models(checkpoint)
+    temporal = models[0].config.temporal
+    base = {"model_hash": models[3]["dit_hash"], "precision": precision, "flavour": flavour,
+            "tensorrt_version": trt.__version__, "target": target_description(flavour),
+            "plugin_version": PLUGIN_VERSION, "plugin_loaded": plugin_loaded,
+            "schedule": list(resolve_schedule(schedule) if schedule is not None else temporal.schedule),
+            "anchor": temporal.anchor if anchor is None else anchor,
+            "block_size": block_size or temporal.block_size}
+
+    jobs: list[tuple[str, int | None]] = [("dit", int(t)) for t in dict.fromkeys(frames)]
+    jobs += [("vae_decoder", None), ("vae_query", None), ("conditioner", None)]
+    for part, t in jobs:
+        name = f"dit_t{t}.engine" if part == "dit" else f"{part}.engine"
+        entry = dict(base, part=part, frames=t)
+        if part != "dit":  # the schedule does not enter these graphs
+            entry.update(frames=None, schedule=None, anchor=None, block_size=None)
+        reason = stale_reason(manifest["engines"].get(name), entry, out / name)
+        if reason is None:
+            log(f"cache hit: {name}")
+            report.reused.append(name)
+            continue
+        log(f"building {name}: {reason}")
+        t0 = time.perf_counter()
+        onnx_dir = out / "onnx" / (f"t{t}" if part == "dit" else "shared")
+        export = export_onnx(models, onnx_dir, frames=t or 1, dtype=precision, schedule=base["schedule"],
+                             anchor=base["anchor"], block_size=base["block_size"], parts=(part,))
+        shapes = None
+        if part == "vae_query":
+            shapes = {"xyz": ShapeRange((1, 1, 3), (1, max_query_points, 3), (1, max_query_points, 3))}
+        engine = build_engine(export.files[part], shapes, flavour=flavour)
+        _atomic_write(out / name, engine)
+        exported = export.manifest
+        manifest["engines"][name] = dict(
+            entry, file=name, bytes=len(engine), onnx=str(export.files[part]), source=models[3],
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%S"), build_seconds=round(time.perf_counter() - t0, 2),
+            host=platform.node(), tokens_per_frame=exported["tokens_per_frame"],
+            context_tokens=exported["context_tokens"],
+            block_sparse_node=exported["block_sparse_node"] if part == "dit" else None,
+            configs={k: exported[k] for k in ("dit_config", "vae_config", "conditioner_config")})
+        _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+        report.built.append(name)
+    return report
+
+
+def describe_engines(engine_dir: str | os.PathLike) -> str:
+    """A human summary of an engine directory (``s4d-export inspect``)."""
+    out = Path(engine_dir)
+    if not (out / MANIFEST).is_file():
+        raise TensorRTError(f"{out} has no {MANIFEST}; build engines with: s4d-export build --frames N "
+                            f"--engine-dir {out}")
+    manifest = read_manifest(out)
+    lines = [f"engine directory {out}"]
+    for name, e in sorted(manifest["engines"].items()):
+        present = "ok" if (out / name).is_file() else "MISSING"
+        lines.append(f"- {name} [{present}] part={e['part']} precision={e['precision']} "
+                     f"{e['flavour']} {e['tensorrt_version']} target={e['target']}")
+        if e["part"] == "dit":
+            node = e.get("block_sparse_node") or {}
+            lines.append(f"    frames={e['frames']} tokens/frame={e.get('tokens_per_frame')} "
+                         f"schedule={node.get('schedule')} anchor={bool(node.get('anchor'))} "
+                         f"block={node.get('block_size')} batch 1..2 (cond+uncond)")
+        lines.append(f"    model={e['model_hash']} plugin={'yes' if e['plugin_loaded'] else 'no (ONNX body)'} "
+                     f"built {e['built_at']} in {e['build_seconds']} s, {e['bytes']} bytes")
+    return "\n".join(lines)

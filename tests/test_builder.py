@@ -1,0 +1,76 @@
+"""s4d-export build / inspect with TensorRT-RTX on the CPU, the engine cache, and the
+TensorRT backend's checks (running engines needs a GPU: not possible here)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from export.builder import stale_reason
+from export.cli import app
+from sdk.runtimes import BackendError, check_engine_entry
+
+ENTRY = {"part": "dit", "model_hash": "abc", "frames": 16, "schedule": [1, 1, 2, 4, 8, 16], "anchor": True,
+         "block_size": 128, "precision": "fp16", "flavour": "tensorrt", "tensorrt_version": "10.9.0",
+         "target": "NVIDIA H100 (sm_90)", "plugin_version": "1", "plugin_loaded": True}
+
+
+def test_stale_reason(tmp_path):
+    engine = tmp_path / "dit_t16.engine"
+    assert stale_reason(None, ENTRY, engine) == "not built yet"
+    assert stale_reason(ENTRY, ENTRY, engine) == "engine file missing"
+    engine.write_bytes(b"x")
+    assert stale_reason(ENTRY, dict(ENTRY), engine) is None
+    assert stale_reason(ENTRY, dict(ENTRY, schedule=[4]), engine) == "schedule changed: [1, 1, 2, 4, 8, 16] -> [4]"
+    assert "precision changed" in stale_reason(ENTRY, dict(ENTRY, precision="bf16"), engine)
+
+
+def test_engine_checks_name_the_fix():
+    check_engine_entry(ENTRY, "dit_t16.engine", "10.9.0", "NVIDIA H100 (sm_90)")
+    with pytest.raises(BackendError, match=r"built with tensorrt 10\.9\.0, this process has 10\.13.*s4d-export build "
+                                           r"--frames 16"):
+        check_engine_entry(ENTRY, "dit_t16.engine", "10.13.0", "NVIDIA H100 (sm_90)")
+    with pytest.raises(BackendError, match=r"built for NVIDIA H100 \(sm_90\), this GPU is NVIDIA L4 \(sm_89\)"):
+        check_engine_entry(ENTRY, "dit_t16.engine", "10.9.0", "NVIDIA L4 (sm_89)")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt_rtx") is None,
+                    reason="TensorRT-RTX is not installed (pip install 'sculpt4d-sdk[trt-rtx]')")
+def test_build_cache_and_rebuild_with_tensorrt_rtx(tmp_path):
+    runner = CliRunner()
+    engines = tmp_path / "engines"
+    args = ["build", "--frames", "2", "--checkpoint", "tiny", "--target", "tensorrt-rtx", "--precision", "fp16",
+            "--engine-dir", str(engines)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    names = {"dit_t2.engine", "vae_decoder.engine", "vae_query.engine", "conditioner.engine"}
+    assert names <= {p.name for p in engines.iterdir()}
+    manifest = json.loads((engines / "manifest.json").read_text())
+    dit = manifest["engines"]["dit_t2.engine"]
+    assert dit["flavour"] == "tensorrt-rtx" and dit["frames"] == 2 and dit["block_sparse_node"]["num_frames"] == 2
+    assert dit["schedule"] == [1, 1, 2, 4, 8, 16] and dit["precision"] == "fp16" and dit["tensorrt_version"]
+
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and "4 reused" in second.output
+    assert all(f"cache hit: {n}" in second.output for n in names)
+
+    third = runner.invoke(app, args + ["--schedule", "fixed4"])
+    assert third.exit_code == 0
+    assert "building dit_t2.engine: schedule changed: [1, 1, 2, 4, 8, 16] -> [4]" in third.output
+    assert "cache hit: vae_decoder.engine" in third.output
+
+    shown = runner.invoke(app, ["inspect", str(engines)])
+    assert shown.exit_code == 0 and "dit_t2.engine [ok]" in shown.output and "schedule=[4]" in shown.output
+
+    from sdk.pipeline import Generator, GeneratorError
+
+    with pytest.raises(GeneratorError, match="needs a CUDA GPU"):
+        Generator.from_pretrained(engines)
+
+
+def test_build_and_inspect_errors(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert res.exit_code == 2 and "s4d-export build --frames N" in res.output
+    res = runner.invoke(app, ["build", "--frames", "2", "--precision", "int4", "--engine-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "--precision" in res.output
