@@ -18,16 +18,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import PLUGIN_VERSION
 
-from .onnx import FILES, ExportError, export_onnx, load_models
+from .onnx import ExportError, export_onnx, load_models
 from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt
 
 MANIFEST = "manifest.json"
@@ -108,18 +108,6 @@ def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: P
     return None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: str = "fp16",
                   target: str = "tensorrt", engine_dir: str | os.PathLike = "engines",
                   schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
@@ -169,7 +157,7 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
         if part == "vae_query":
             shapes = {"xyz": ShapeRange((1, 1, 3), (1, max_query_points, 3), (1, max_query_points, 3))}
         engine = build_engine(export.files[part], shapes, flavour=flavour)
-        _atomic_write(out / name, engine)
+        atomic_write_bytes(out / name, engine)
         exported = export.manifest
         manifest["engines"][name] = dict(
             entry, file=name, bytes=len(engine), onnx=str(export.files[part]), source=models[3],
@@ -178,7 +166,7 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
             context_tokens=exported["context_tokens"],
             block_sparse_node=exported["block_sparse_node"] if part == "dit" else None,
             configs={k: exported[k] for k in ("dit_config", "vae_config", "conditioner_config")})
-        _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+        atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
         report.built.append(name)
     return report
 

@@ -27,8 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdk.atomic import atomic_directory
 from sdk.config import to_dict
 from sdk.sparse import PatternError, SparsePattern, resolve_schedule
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, _padded_lists
@@ -207,11 +206,19 @@ def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list
                    dynamic_shapes: Any = None) -> dict[str, Any] | None:
     import onnx
 
-    with torch.no_grad():
-        module = module.eval()
-    program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
-                                    output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
-                                    report=False)
+    module = module.eval()
+    # The exporter logs optional-dependency notices (torchvision) and deprecation warnings of its
+    # own internals; they say nothing about this graph.
+    logging.disable(logging.WARNING)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            for category in (UserWarning, FutureWarning, DeprecationWarning):
+                warnings.simplefilter("ignore", category)
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
+                                        output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
+                                        report=False)
+    finally:
+        logging.disable(logging.NOTSET)
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > TWO_GB * 0.9
     program.save(str(path), external_data=big)
     # Post-process the saved proto without loading external weights: add the local function,
@@ -263,13 +270,9 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
     prepare = (lambda m: half_precision_copy(m, torch_dtype)) if dtype != "fp32" else (lambda m: m)
 
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists (pass overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     files: dict[str, Path] = {}
     node_attrs = None
-    try:
+    with atomic_directory(out, overwrite, exists_error=ExportError) as tmp:
         gen = torch.Generator().manual_seed(0)
         L, Cc = cond.config.num_tokens, dit.config.context_dim
         if "dit" in parts:
@@ -312,12 +315,6 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
             "torch": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, files, manifest)
 
 

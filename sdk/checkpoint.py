@@ -23,8 +23,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,12 +406,10 @@ def save_checkpoint(directory: str | os.PathLike, dit: torch.nn.Module, vae: tor
     temporary directory next to ``directory`` that is renamed into place at the end."""
     from safetensors.torch import save_file
 
+    from .atomic import atomic_directory
+
     target = Path(directory)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{target} already exists (pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite, exists_error=CheckpointError) as tmp:
         manifest: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                                     "metadata": dict(metadata or {})}
         for name, model in (("dit", dit), ("vae", vae), ("conditioner", conditioner)):
@@ -424,10 +420,4 @@ def save_checkpoint(directory: str | os.PathLike, dit: torch.nn.Module, vae: tor
             manifest[f"{name}_config"] = to_dict(model.config)
             manifest.setdefault("hashes", {})[name] = state_dict_hash(sd)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

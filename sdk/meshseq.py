@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .atomic import atomic_directory
 
 MESH_FORMATS = ("glb", "obj", "ply")
 SEQUENCE_FORMATS = ("usda", "usdc")
@@ -77,11 +77,7 @@ class MeshSequence:
         """Write the sequence to ``directory`` atomically; returns the directory."""
         formats = _check_formats(formats)
         target = Path(directory)
-        if target.exists() and not overwrite:
-            raise OutputExistsError(f"output {target} already exists (use overwrite=True / --overwrite)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
+        with atomic_directory(target, overwrite, exists_error=OutputExistsError) as tmp:
             files = []
             for i, mesh in enumerate(self.meshes):
                 for fmt in formats:
@@ -103,12 +99,6 @@ class MeshSequence:
                     Image.fromarray(img).save(tmp / name)
                     files.append(name)
             (tmp / "manifest.json").write_text(json.dumps(self.manifest(files + ["manifest.json"]), indent=2))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
 

@@ -1,6 +1,5 @@
 """Checkpoint layouts: round trips, per-frame mode, and clear errors for bad files."""
 
-import dataclasses
 import os
 import pickle
 import warnings

@@ -119,8 +119,15 @@ def convert(
         _usage_error(f"cannot load model {model!r}: {exc}")
 
     items = expand_inputs(inputs)
-    show_progress = not quiet and sys.stderr.isatty()
+    reporter = None
+    if not quiet and sys.stderr.isatty():  # one overall bar plus one bar per stage of the current input
+        from ..progress import RichProgress
+
+        reporter = RichProgress()
+        reporter.start("inputs", len(items))
     for index, item in enumerate(items):
+        if reporter is not None and index:
+            reporter.advance("inputs")
         if item.status == "failed":
             _report(item, as_json)
             continue
@@ -140,7 +147,7 @@ def convert(
                 typer.echo(f"[{index + 1}/{len(items)}] {item.input}", err=True)
             seq = generator(item.input, num_frames=frames, steps=steps, guidance=guidance, seed=seed,
                             resolution=resolution, decode=decode, noise=noise, matting=matting, start=start,
-                            end=end, progress=show_progress)
+                            end=end, progress=reporter)
             seq.save(target, formats=formats, overwrite=overwrite)
             item.status, item.frames = "ok", len(seq)
         except (ValueError, OSError, RuntimeError) as exc:
@@ -150,6 +157,9 @@ def convert(
         item.seconds = round(time.perf_counter() - t0, 3)
         _report(item, as_json)
 
+    if reporter is not None:
+        reporter.advance("inputs")
+        reporter.finish("inputs")
     summary = {"outdir": str(outdir), "model": model, "items": [asdict(i) for i in items],
                "succeeded": sum(i.status == "ok" for i in items), "skipped": sum(i.status == "skipped" for i in items),
                "failed": sum(i.status == "failed" for i in items)}

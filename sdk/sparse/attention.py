@@ -67,14 +67,14 @@ def reference_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.
 
 
 # --------------------------------------------------------------------------------------
-# torch: blocked gather over the CSR lists, O(nnz) memory
+# torch: blocked gather over the CSR lists, O(nnz) memory (padded lists: the ONNX body)
 # --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
 def _padded_lists(pattern: SparsePattern) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR rows padded to the longest row: ``index [R, M]`` (pad = 0) and ``valid [R, M]``."""
     offsets, indices = pattern.kv_block_lists()
     counts = (offsets[1:] - offsets[:-1]).long()
-    rows, width = counts.numel(), int(counts.max())
+    width = int(counts.max())
     slot = torch.arange(width)
     valid = slot[None, :] < counts[:, None]
     flat = (offsets[:-1].long()[:, None] + slot[None, :]).clamp(max=max(indices.numel() - 1, 0))
