@@ -27,7 +27,9 @@ from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import PLUGIN_VERSION
 
-from .onnx import ExportError, export_onnx, load_models
+from sdk.runtimes import find_plugin_library
+
+from .onnx import ExportError, export_onnx, exporter_fingerprint, load_models
 from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt
 
 MANIFEST = "manifest.json"
@@ -35,7 +37,10 @@ PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 TARGETS = ("tensorrt", "tensorrt-rtx")
 # Fields that decide whether an engine can be reused.
 KEY_FIELDS = ("part", "model_hash", "frames", "schedule", "anchor", "block_size", "precision", "flavour",
-              "tensorrt_version", "target", "plugin_version", "plugin_loaded")
+              "tensorrt_version", "target", "plugin_version", "plugin_loaded", "max_query_points",
+              "max_images", "exporter")
+PART_HASH = {"dit": "dit_hash", "vae_decoder": "vae_hash", "vae_query": "vae_hash",
+             "conditioner": "conditioner_hash"}
 
 
 @dataclass
@@ -62,28 +67,18 @@ def target_description(flavour: str) -> str:
     return "unknown GPU"
 
 
-def find_plugin_library() -> Path | None:
-    """The BlockSparseAttention plugin library: ``$S4D_TRT_PLUGIN`` or a build under plugins_trt/."""
-    env = os.environ.get("S4D_TRT_PLUGIN")
-    if env:
-        return Path(env)
-    root = Path(__file__).resolve().parent.parent / "plugins_trt"
-    for candidate in sorted(root.glob("build*/**/libs4d_trt_plugin.so")):
-        return candidate
-    return None
-
-
-def _load_plugin(trt, log: Callable[[str], None]) -> bool:
+def _load_plugin(trt, log: Callable[[str], None]) -> Path | None:
     lib = find_plugin_library()
     if lib is None:
-        log("plugin: libs4d_trt_plugin.so not found (set S4D_TRT_PLUGIN); the BlockSparseAttention ONNX "
-            "function body (standard ops) is built instead - correct, but not the fast kernel")
-        return False
+        log("plugin: libs4d_trt_plugin.so not found (set S4D_TRT_PLUGIN or build plugins_trt/); the "
+            "BlockSparseAttention ONNX function body (standard ops) is built instead - correct, but memory-hungry "
+            "and slow beyond small sizes")
+        return None
     if not lib.is_file():
         raise TensorRTError(f"plugin library {lib} does not exist (S4D_TRT_PLUGIN)")
     trt.get_plugin_registry().load_library(str(lib))
     log(f"plugin: loaded {lib}")
-    return True
+    return lib
 
 
 def read_manifest(engine_dir: Path) -> dict[str, Any]:
@@ -111,7 +106,7 @@ def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: P
 def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: str = "fp16",
                   target: str = "tensorrt", engine_dir: str | os.PathLike = "engines",
                   schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
-                  block_size: int | None = None, max_query_points: int = 1 << 18,
+                  block_size: int | None = None, max_query_points: int = 1 << 18, max_images: int = 16,
                   log: Callable[[str], None] = print) -> BuildReport:
     """Export (if needed) and build one DiT engine per frame count plus the VAE-decoder, VAE-query
     and conditioner engines, reusing cached engines whose key matches."""
@@ -126,12 +121,13 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out)
     report = BuildReport(out)
-    plugin_loaded = _load_plugin(trt, log)
+    plugin = _load_plugin(trt, log)
     models = load_models(checkpoint)
     temporal = models[0].config.temporal
-    base = {"model_hash": models[3]["dit_hash"], "precision": precision, "flavour": flavour,
+    base = {"precision": precision, "flavour": flavour, "exporter": exporter_fingerprint(),
             "tensorrt_version": trt.__version__, "target": target_description(flavour),
-            "plugin_version": PLUGIN_VERSION, "plugin_loaded": plugin_loaded,
+            "plugin_version": PLUGIN_VERSION, "plugin_loaded": plugin is not None,
+            "plugin_path": str(plugin) if plugin else None,
             "schedule": list(resolve_schedule(schedule) if schedule is not None else temporal.schedule),
             "anchor": temporal.anchor if anchor is None else anchor,
             "block_size": block_size or temporal.block_size}
@@ -140,9 +136,12 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
     jobs += [("vae_decoder", None), ("vae_query", None), ("conditioner", None)]
     for part, t in jobs:
         name = f"dit_t{t}.engine" if part == "dit" else f"{part}.engine"
-        entry = dict(base, part=part, frames=t)
-        if part != "dit":  # the schedule does not enter these graphs
-            entry.update(frames=None, schedule=None, anchor=None, block_size=None)
+        entry = dict(base, part=part, frames=t, model_hash=models[3][PART_HASH[part]],
+                     max_query_points=max_query_points if part == "vae_query" else None,
+                     max_images=max_images if part == "conditioner" else None)
+        if part != "dit":  # neither the schedule nor the plugin enter these graphs
+            entry.update(frames=None, schedule=None, anchor=None, block_size=None, plugin_loaded=None,
+                         plugin_path=None)
         reason = stale_reason(manifest["engines"].get(name), entry, out / name)
         if reason is None:
             log(f"cache hit: {name}")
@@ -150,12 +149,16 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
             continue
         log(f"building {name}: {reason}")
         t0 = time.perf_counter()
-        onnx_dir = out / "onnx" / (f"t{t}" if part == "dit" else "shared")
+        onnx_dir = out / "onnx" / (f"dit_t{t}" if part == "dit" else part)
         export = export_onnx(models, onnx_dir, frames=t or 1, dtype=precision, schedule=base["schedule"],
                              anchor=base["anchor"], block_size=base["block_size"], parts=(part,))
         shapes = None
         if part == "vae_query":
             shapes = {"xyz": ShapeRange((1, 1, 3), (1, max_query_points, 3), (1, max_query_points, 3))}
+        elif part == "conditioner":
+            size = models[2].config.image_size
+            shapes = {"images": ShapeRange((1, 3, size, size), (min(4, max_images), 3, size, size),
+                                           (max_images, 3, size, size))}
         engine = build_engine(export.files[part], shapes, flavour=flavour)
         atomic_write_bytes(out / name, engine)
         exported = export.manifest

@@ -22,6 +22,7 @@ fused attention accumulates in fp32). Models over 2 GB are saved with external d
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -147,10 +148,12 @@ def block_sparse_function(attrs: dict[str, Any], opset: int = OPSET):
         helper.make_node("Reshape", ["k_gathered6", "gathered_shape"], ["k_gathered"]),
         helper.make_node("Reshape", ["v_gathered6", "gathered_shape"], ["v_gathered"]),
         helper.make_node("Transpose", ["k_gathered"], ["k_t"], perm=[0, 1, 2, 4, 3]),
-        helper.make_node("MatMul", ["q_blocks", "k_t"], ["scores"]),  # [B,H,R,bs,M*bs]
+        # scale q before QK^T so fp16 scores stay in range
+        helper.make_node("CastLike", ["scale", "q"], ["scale_like_q"]),
+        helper.make_node("Mul", ["q_blocks", "scale_like_q"], ["q_scaled"]),
+        helper.make_node("MatMul", ["q_scaled", "k_t"], ["scores"]),  # [B,H,R,bs,M*bs]
         helper.make_node("Cast", ["scores"], ["scores32"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["scores32", "scale"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]),
+        helper.make_node("Add", ["scores32", "mask_bias"], ["masked"]),
         helper.make_node("Softmax", ["masked"], ["probs32"], axis=-1),
         helper.make_node("CastLike", ["probs32", "q"], ["probs"]),
         helper.make_node("MatMul", ["probs", "v_gathered"], ["out_blocks"]),  # [B,H,R,bs,D]
@@ -209,7 +212,8 @@ def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list
     module = module.eval()
     # The exporter logs optional-dependency notices (torchvision) and deprecation warnings of its
     # own internals; they say nothing about this graph.
-    logging.disable(logging.WARNING)
+    previous_disable = logging.root.manager.disable
+    logging.disable(max(logging.WARNING, previous_disable))
     try:
         with torch.no_grad(), warnings.catch_warnings():
             for category in (UserWarning, FutureWarning, DeprecationWarning):
@@ -218,7 +222,7 @@ def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list
                                         output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
                                         report=False)
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous_disable)
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > TWO_GB * 0.9
     program.save(str(path), external_data=big)
     # Post-process the saved proto without loading external weights: add the local function,
@@ -247,6 +251,8 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
         raise ExportError(f"--frames must be a positive integer, got {frames!r}")
     if dtype not in DTYPES:
         raise ExportError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if block_size is not None and block_size < 1:
+        raise ExportError(f"--block-size must be a positive integer, got {block_size}")
     unknown = set(parts) - set(FILES)
     if unknown:
         raise ExportError(f"unknown parts {sorted(unknown)}; expected some of {sorted(FILES)}")
@@ -262,21 +268,18 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
             SparsePattern.for_tokens(frames, P, temporal.block_size, temporal.schedule, temporal.anchor)
     except (PatternError, ValueError) as exc:
         raise ExportError(str(exc)) from None
-    for block in dit.blocks:
-        if block.has_temporal:
-            block.temporal_attn.temporal = temporal
-    dit.config = dataclasses.replace(dit.config, temporal=temporal)
     torch_dtype = DTYPES[dtype]
     prepare = (lambda m: half_precision_copy(m, torch_dtype)) if dtype != "fp32" else (lambda m: m)
 
     out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ExportError(f"{out} exists and is not an ONNX export directory; choose a new or empty directory")
     files: dict[str, Path] = {}
     node_attrs = None
-    with atomic_directory(out, overwrite, exists_error=ExportError) as tmp:
+    with atomic_directory(out, overwrite, exists_error=ExportError) as tmp, _export_settings(dit, temporal):
         gen = torch.Generator().manual_seed(0)
         L, Cc = cond.config.num_tokens, dit.config.context_dim
         if "dit" in parts:
-            dit.set_moe_impl("dense")
             example = (torch.randn(2, frames, P, dit.config.in_channels, generator=gen).to(torch_dtype),
                        torch.rand(2, generator=gen).to(torch_dtype),
                        torch.randn(2, frames, L, Cc, generator=gen).to(torch_dtype))
@@ -318,6 +321,26 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
     return ExportResult(out, files, manifest)
 
 
+@contextlib.contextmanager
+def _export_settings(dit: nn.Module, temporal):
+    """Export-time settings on the caller's DiT (schedule override, dense MoE), restored after."""
+    saved_config = dit.config
+    saved = [(b.temporal_attn, b.temporal_attn.temporal) for b in dit.blocks if b.has_temporal]
+    saved_moe = [(m, m.impl) for m in dit.modules() if hasattr(m, "impl") and hasattr(m, "experts")]
+    try:
+        for attn, _ in saved:
+            attn.temporal = temporal
+        dit.config = dataclasses.replace(dit.config, temporal=temporal)
+        dit.set_moe_impl("dense")
+        yield
+    finally:
+        dit.config = saved_config
+        for attn, value in saved:
+            attn.temporal = value
+        for moe, impl in saved_moe:
+            moe.impl = impl
+
+
 def load_models(source: str | os.PathLike):
     """(dit, vae, conditioner, source info) from a checkpoint path or ``"tiny"``."""
     from sdk.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint, state_dict_hash
@@ -326,14 +349,32 @@ def load_models(source: str | os.PathLike):
         from sdk.pipeline import Generator
 
         gen = Generator.tiny_random(seed=0)
-        return gen.dit, gen.vae, gen.conditioner, {"name": "tiny-random", "seed": 0,
-                                                   "dit_hash": state_dict_hash(gen.dit.state_dict())}
-    ckpt = load_checkpoint(source)
-    if ckpt.vae is None or ckpt.conditioner is None:
-        raise ExportError(f"{ckpt.source}: export needs DiT, VAE and conditioner weights")
-    return (build_dit(ckpt), build_vae(ckpt), build_conditioner(ckpt),
-            {"name": Path(ckpt.source).name, "path": str(ckpt.source), "layout": ckpt.layout,
-             "dit_hash": state_dict_hash(ckpt.dit)})
+        info = {"name": "tiny-random", "seed": 0}
+        dit, vae, cond = gen.dit, gen.vae, gen.conditioner
+    else:
+        ckpt = load_checkpoint(source)
+        if ckpt.vae is None or ckpt.conditioner is None:
+            raise ExportError(f"{ckpt.source}: export needs DiT, VAE and conditioner weights")
+        dit, vae, cond = build_dit(ckpt), build_vae(ckpt), build_conditioner(ckpt)
+        info = {"name": Path(ckpt.source).name, "path": str(ckpt.source), "layout": ckpt.layout}
+    for part, model in (("dit", dit), ("vae", vae), ("conditioner", cond)):
+        info[f"{part}_hash"] = state_dict_hash(model.state_dict())
+    return dit, vae, cond, info
+
+
+def exporter_fingerprint() -> str:
+    """A hash of the code that shapes exported graphs (exporter, models, sparse pattern), so a
+    change to any of it invalidates cached engines."""
+    import hashlib
+
+    import sdk
+
+    root = Path(sdk.__file__).resolve().parent
+    files = sorted([Path(__file__).resolve(), *(root / "models").glob("*.py"), *(root / "sparse").glob("*.py")])
+    h = hashlib.sha256(sdk.__version__.encode())
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 __all__ = ["ExportError", "ExportResult", "export_onnx", "block_sparse_function", "attach_block_sparse_function",

@@ -42,8 +42,15 @@ def import_tensorrt(flavour: str = "auto") -> tuple[ModuleType, str]:
             return __import__(module_name), name
         except ImportError as exc:
             reasons.append(f"{module_name}: {exc}")
+    hint = ""
+    if flavour == "tensorrt":
+        try:
+            __import__("tensorrt_rtx")
+            hint = " TensorRT-RTX is installed: use --target tensorrt-rtx."
+        except ImportError:
+            pass
     raise TensorRTError("no TensorRT Python package is importable (" + "; ".join(reasons) + "). Install full "
-                        "TensorRT from NVIDIA, or 'pip install sculpt4d-sdk[trt-rtx]' for TensorRT-RTX.")
+                        "TensorRT from NVIDIA, or 'pip install sculpt4d-sdk[trt-rtx]' for TensorRT-RTX." + hint)
 
 
 def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = None, flavour: str = "auto",
@@ -53,7 +60,10 @@ def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = N
     trt, name = import_tensorrt(flavour)
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # strongly typed: precision comes from the graph
+    # Strongly typed: the graph's dtypes decide precision. TensorRT 10.x needs the flag (weakly
+    # typed networks would run an fp16 graph in fp32); TensorRT 11 and TensorRT-RTX always are.
+    strongly_typed = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]

@@ -19,6 +19,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
                      exists_error: type[Exception] = FileExistsError) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` when the block ends without error."""
     target = Path(target)
+    _refuse_dangerous_target(target)
     if target.exists() and not overwrite:
         raise exists_error(f"{target} already exists (pass overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +32,17 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _refuse_dangerous_target(target: Path) -> None:
+    """A replaced target is deleted first: never let that be '.', '..', '/', or a directory that
+    contains the current working directory."""
+    if target.name in ("", ".", ".."):
+        raise ValueError(f"refusing to write to {str(target)!r}: name a new directory")
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == Path(resolved.anchor) or resolved == cwd or resolved in cwd.parents:
+        raise ValueError(f"refusing to replace {resolved}: it is the current directory or one of its parents")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

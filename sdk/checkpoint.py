@@ -120,8 +120,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def _read_torch_parts(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # truncated zip, foreign pickle, not a torch file at all
-        raise CheckpointError(_unreadable_message(path, exc)) from None
+    except Exception as first:
+        try:  # legacy (non-zip) torch files cannot be memory-mapped; read them whole
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # truncated zip, foreign pickle, not a torch file at all
+            raise CheckpointError(_unreadable_message(path, first)) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict with parts 'model', 'vae', 'conditioner', "
                               f"got {type(obj).__name__}")
@@ -205,10 +208,15 @@ def _read_official_yaml(path: Path) -> dict[str, dict[str, Any]]:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise CheckpointError(f"{path}: unreadable config: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a mapping with 'model' and 'vae' sections")
     out = {}
     for section, ours in (("model", "dit"), ("vae", "vae")):
-        params = (data.get(section) or {}).get("params") or {}
-        out[ours] = params
+        block = data.get(section) or {}
+        params = block.get("params") if isinstance(block, dict) else None
+        if params is not None and not isinstance(params, dict):
+            raise CheckpointError(f"{path}: '{section}.params' must be a mapping")
+        out[ours] = params or {}
     return out
 
 

@@ -33,7 +33,7 @@ class TemporalConfig:
     """The Sculpt4D temporal block-sparse self-attention inserted in every DiT block."""
 
     enabled: bool = True
-    schedule: tuple[int, ...] = SCULPT4D_SCHEDULE
+    schedule: tuple[int, ...] | str = SCULPT4D_SCHEDULE  # strides, or a preset name of sdk.sparse
     anchor: bool = True  # first frame is attended fully by every frame
     block_size: int = 128  # tokens per attention block (S_B)
     rope_theta: float = 10000.0
@@ -42,11 +42,14 @@ class TemporalConfig:
     attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "schedule", tuple(int(s) for s in self.schedule))
-        _require(len(self.schedule) > 0, "TemporalConfig.schedule must have at least one stride")
-        _require(all(s >= 1 for s in self.schedule),
-                 f"TemporalConfig.schedule strides must be positive integers, got {self.schedule}")
-        _require(self.block_size >= 1, f"TemporalConfig.block_size must be >= 1, got {self.block_size}")
+        from .sparse.pattern import PatternError, resolve_schedule  # the one home of schedule rules
+
+        try:
+            object.__setattr__(self, "schedule", resolve_schedule(self.schedule))
+        except PatternError as exc:
+            raise ConfigError(f"TemporalConfig.schedule: {exc}") from None
+        _require(isinstance(self.block_size, int) and self.block_size >= 1,
+                 f"TemporalConfig.block_size must be a positive integer, got {self.block_size!r}")
 
 
 @dataclass(frozen=True)

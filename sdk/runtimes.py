@@ -92,6 +92,9 @@ class OnnxRuntime:
         self.vae_config = simple_config_from_dict(VAEConfig, m["vae_config"])
         self.conditioner_config = simple_config_from_dict(ConditionerConfig, m["conditioner_config"])
         self.fixed_frames = int(m["frames"])
+        if m["dtype"] not in ("fp32", "fp16"):
+            raise BackendError(f"{self.directory} is a {m['dtype']} export; ONNX Runtime runs fp32 and fp16 exports "
+                               "(bf16 graphs are for TensorRT: s4d-export build --precision bf16)")
         self.np_dtype = np.float16 if m["dtype"] == "fp16" else np.float32
         available = ort.get_available_providers()
         if providers is None:
@@ -101,7 +104,10 @@ class OnnxRuntime:
         self.providers = providers
         self.sessions = {}
         for part, fname in m["files"].items():
-            self.sessions[part] = ort.InferenceSession(str(self.directory / fname), options, providers=providers)
+            try:
+                self.sessions[part] = ort.InferenceSession(str(self.directory / fname), options, providers=providers)
+            except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile)
+                raise BackendError(f"ONNX Runtime cannot load {self.directory / fname}: {exc}") from None
         missing = {"dit", "vae_decoder", "vae_query", "conditioner"} - set(self.sessions)
         if missing:
             raise BackendError(f"{self.directory}: export lacks {sorted(missing)}; re-run s4d-export onnx")
@@ -162,6 +168,20 @@ def is_engine_directory(path: str | os.PathLike) -> bool:
         return False
 
 
+def find_plugin_library() -> Path | None:
+    """The BlockSparseAttention TensorRT plugin: ``$S4D_TRT_PLUGIN``, else a CMake build in the
+    repository (``build/plugins_trt/`` as plugins_trt/README.md builds it, or ``plugins_trt/build*``).
+    The builder and the runtime both use this lookup."""
+    env = os.environ.get("S4D_TRT_PLUGIN")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parent.parent
+    for pattern in ("build/**/libs4d_trt_plugin.so", "plugins_trt/build*/**/libs4d_trt_plugin.so"):
+        for candidate in sorted(repo.glob(pattern)):
+            return candidate
+    return None
+
+
 def check_engine_entry(entry: dict[str, Any], name: str, trt_version: str, device: str | None) -> None:
     """Raise ``BackendError`` if an engine was built for another TensorRT or GPU."""
     rebuild = f"rebuild with: s4d-export build --frames {entry.get('frames') or 'N'} --target {entry['flavour']}"
@@ -204,11 +224,12 @@ class TensorRTRuntime:
         for name, entry in self.entries.items():
             check_engine_entry(entry, name, self.trt.__version__, self.device_desc)
         if any(e.get("plugin_loaded") for e in self.entries.values()):
-            lib = os.environ.get("S4D_TRT_PLUGIN")
-            if not lib or not Path(lib).is_file():
+            recorded = [e["plugin_path"] for e in self.entries.values() if e.get("plugin_path")]
+            lib = find_plugin_library() or (Path(recorded[0]) if recorded else None)
+            if lib is None or not lib.is_file():
                 raise BackendError("these engines use the BlockSparseAttention plugin: set S4D_TRT_PLUGIN to "
                                    "libs4d_trt_plugin.so (see plugins_trt/README.md)")
-            self.trt.get_plugin_registry().load_library(lib)
+            self.trt.get_plugin_registry().load_library(str(lib))
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.runtime = self.trt.Runtime(self.logger)
         self._contexts: dict[str, Any] = {}
@@ -238,13 +259,18 @@ class TensorRTRuntime:
             dtype = _TORCH_DTYPES[engine.get_tensor_dtype(key).name]
             tensor = tensor.to("cuda", dtype).contiguous()
             keep.append(tensor)
-            context.set_input_shape(key, tuple(tensor.shape))
+            if not context.set_input_shape(key, tuple(tensor.shape)):
+                raise BackendError(f"{name}: input {key} of shape {tuple(tensor.shape)} is outside the engine's "
+                                   "optimisation profile; rebuild with a wider range")
             context.set_tensor_address(key, tensor.data_ptr())
         outputs = []
         for i in range(engine.num_io_tensors):
             key = engine.get_tensor_name(i)
             if engine.get_tensor_mode(key) == self.trt.TensorIOMode.OUTPUT:
-                out = torch.empty(tuple(context.get_tensor_shape(key)),
+                shape = tuple(context.get_tensor_shape(key))
+                if any(d < 0 for d in shape):
+                    raise BackendError(f"{name}: output {key} has unresolved shape {shape}")
+                out = torch.empty(shape,
                                   dtype=_TORCH_DTYPES[engine.get_tensor_dtype(key).name], device="cuda")
                 context.set_tensor_address(key, out.data_ptr())
                 outputs.append(out)

@@ -208,3 +208,19 @@ def test_vae_wrong_shape_is_named(tmp_path):
     torch.save({"model": dit.state_dict(), "vae": sd}, tmp_path / "m.ckpt")
     with pytest.raises(CheckpointError, match=r"\(vae\) .*transformer\.resblocks\.0\.ln_1\.weight: checkpoint \(3,\)"):
         build_vae(load_checkpoint(tmp_path / "m.ckpt"))
+
+
+def test_malformed_official_config_yaml(tmp_path):
+    torch.save({"model": random_dit().state_dict()}, tmp_path / "model.fp16.ckpt")
+    (tmp_path / "config.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(CheckpointError, match="expected a mapping"):
+        load_checkpoint(tmp_path)
+
+
+def test_temporal_config_schedule_validation():
+    from sdk.config import ConfigError
+
+    assert TemporalConfig(schedule="fixed4").schedule == (4,)
+    for bad in ([1.5, 2], "nope", [0]):
+        with pytest.raises(ConfigError, match="TemporalConfig.schedule"):
+            TemporalConfig(schedule=bad)

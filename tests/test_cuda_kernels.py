@@ -117,7 +117,7 @@ def _cuda_include_dir() -> str | None:
         return None
     inc = Path(nvcc).resolve().parent.parent / "include"
     if not (inc / "cuda_runtime_api.h").is_file():
-        real = subprocess.run(["sh", "-c", f"readlink -f $(command -v nvcc)"], capture_output=True, text=True)
+        real = subprocess.run(["sh", "-c", "readlink -f $(command -v nvcc)"], capture_output=True, text=True)
         inc = Path(real.stdout.strip()).parent.parent / "include"
     if not (inc / "cuda_runtime_api.h").is_file():
         for candidate in (Path("/usr/local/cuda/include"), Path(os.environ.get("CUDA_HOME", "/nonexistent")) / "include"):
@@ -681,6 +681,8 @@ def test_python_module_lists_every_source():
 _GPU_SKIP = ("no CUDA device" if (torch.version.cuda is None or not torch.cuda.is_available())
              else "CUDA kernels unavailable") + f" ({_REASON})"
 needs_gpu = pytest.mark.skipif(not _AVAILABLE, reason=_GPU_SKIP)
+_SM80 = _AVAILABLE and torch.cuda.get_device_capability()[0] >= 8
+needs_sm80 = pytest.mark.skipif(not _SM80, reason=_GPU_SKIP if not _AVAILABLE else "attention needs sm_80+")
 
 
 @pytest.fixture
@@ -711,7 +713,7 @@ def _attention_case(T, P, H, D, dtype, preset, anchor, bs, seed=0, B=1):
     return err
 
 
-@needs_gpu
+@needs_sm80
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("P", [256, 4096])
@@ -730,7 +732,7 @@ def test_gpu_attention_matches_reference(fp32_matmul, P, D, dtype):
     assert not failures, "\n".join(failures)
 
 
-@needs_gpu
+@needs_sm80
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("D, bs", [(64, 64), (128, 128), (64, 128), (128, 64)])
 def test_gpu_attention_lse(fp32_matmul, D, bs, dtype):
@@ -750,7 +752,7 @@ def test_gpu_attention_lse(fp32_matmul, D, bs, dtype):
     assert ((out.float() - ref).norm() / ref.norm()).item() <= TOL[dtype]
 
 
-@needs_gpu
+@needs_sm80
 def test_gpu_attention_empty_rows_unordered_lists_and_views(fp32_matmul):
     bs, D, nb = 64, 64, 4
     N = nb * bs
@@ -775,7 +777,7 @@ def test_gpu_attention_empty_rows_unordered_lists_and_views(fp32_matmul):
     assert ((out.float() - ref).norm() / ref.norm()).item() <= TOL[torch.float16]
 
 
-@needs_gpu
+@needs_sm80
 def test_gpu_attention_rejects_bad_csr():
     q = torch.zeros(1, 1, 128, 64, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="out of range"):

@@ -80,3 +80,13 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_sequence().save(tmp_path / "c", formats=("glb", "usda"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_replace_dangerous_targets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("user data")
+    seq = make_sequence()
+    for target in (".", "..", tmp_path, tmp_path.parent):
+        with pytest.raises(ValueError, match="refusing"):
+            seq.save(target, overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "user data"

@@ -181,3 +181,18 @@ def test_tensorrt_rtx_builds_the_exported_graphs(exports):
             shapes = {"xyz": ShapeRange((1, 1, 3), (1, 4096, 3), (1, 65536, 3))} if part == "vae_query" else None
             engine = build_engine(path, shapes, flavour="tensorrt-rtx")
             assert len(engine) > 1000, (dtype, part)
+
+
+def test_export_refuses_a_foreign_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not an ONNX export directory"):
+        export_onnx("tiny", tmp_path, frames=2, parts=("vae_query",))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_export_leaves_the_callers_model_unchanged(tiny, tmp_path):
+    before = (tiny.dit.config, [m.impl for m in tiny.dit.modules() if hasattr(m, "experts")])
+    export_onnx((tiny.dit, tiny.vae, tiny.conditioner, {"name": "t", "dit_hash": "x"}), tmp_path / "e", frames=2,
+                schedule="fixed4", parts=("dit",))
+    assert (tiny.dit.config, [m.impl for m in tiny.dit.modules() if hasattr(m, "experts")]) == before
+    assert tiny.dit.blocks[0].temporal_attn.temporal.schedule == (1, 1, 2, 4, 8, 16)

@@ -150,3 +150,25 @@ def test_convert_cli_usage_errors(tmp_path):
     for option in ("--frames", "--steps", "--guidance", "--resolution", "--seed", "--format", "--backend",
                    "--model", "--matting", "--skip-existing", "--overwrite", "--json"):
         assert option in help_text
+
+
+def test_convert_cli_dot_dot_input_is_named_safely(tmp_path, monkeypatch):
+    from sdk.cli.convert import expand_inputs
+
+    frames = tmp_path / "shots" / "take1"
+    frames.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(frames / "f0.png")
+    monkeypatch.chdir(frames)
+    items = expand_inputs([".", str(frames / "..")])
+    assert [i.name for i in items][0] == "take1"
+
+
+@pytest.mark.parametrize("args,needle", [(["--steps", "0"], "--steps must be >= 1"),
+                                         (["--decode", "foo"], "--decode must be one of"),
+                                         (["--matting", "magic"], "--matting must be one of"),
+                                         (["--frames", "0"], "--frames must be >= 1")])
+def test_convert_cli_bad_options_exit_2(tmp_path, args, needle):
+    res = CliRunner().invoke(app, ["x.mp4", "-o", str(tmp_path / "o"), "--model", "tiny-random", *args])
+    assert res.exit_code == 2 and needle in res.output

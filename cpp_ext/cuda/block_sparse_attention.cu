@@ -30,8 +30,6 @@ namespace {
 struct F16Tag {};
 struct BF16Tag {};
 
-constexpr int kBN = 64;  // keys per K/V tile
-
 struct Params {
   const uint16_t* q;
   const uint16_t* k;
@@ -135,7 +133,7 @@ __device__ __forceinline__ void load_tile(uint16_t* s, const uint16_t* g, int ti
   for (int it = 0; it < ROWS * C / NT; ++it) {
     const int i = it * NT + tid;
     const int row = i / C, ch = i % C;
-    cp_async16(s + swz<D>(row, ch), g + static_cast<int64_t>(row) * D + ch * 8);
+    cp_async16(s + swz<D>(row, ch), g + row * D + ch * 8);
   }
 }
 
@@ -143,27 +141,33 @@ __device__ __forceinline__ int clamp_block(int c, int nb) { return c < 0 ? 0 : (
 
 #endif  // S4D_BSA_DEVICE_OK
 
-// Registers (nvcc 13, no spills): ~170 a thread at D = 64, ~235 at D = 128 (O 64 + S 32 + Q 32
-// fp32/b32 per thread plus software-pipelined fragments). Forcing two 256-thread CTAs per SM
-// (<= 128 registers) spills at D = 64, so one CTA per SM is requested; block size 64 CTAs
-// (128 threads) still co-reside.
-template <typename Tag, int D, int BS>
-__global__ void __launch_bounds__(BS * 2, 1) bsa_fwd_kernel(const Params p) {
+// One CTA = one (batch_head, query block) of BS rows. Template parameters:
+//   MT  16-row m-tiles per warp (BS / (16 * MT) warps). MT = 1 keeps the warp's Q fragments in
+//       registers for the whole CTA; MT = 2 re-reads them from shared memory every tile but
+//       uses each K / V fragment for 32 rows, halving the shared-memory traffic per MMA.
+//   BN  keys per K/V tile (32 or 64; BS / BN tiles per key block).
 #ifdef S4D_BSA_DEVICE_OK
-  constexpr int BM = BS;          // query rows per CTA
-  constexpr int WARPS = BM / 16;  // one warp per 16 query rows
+template <typename Tag, int D, int BS, int MT, int BN>
+__device__ __forceinline__ void bsa_fwd_body(const Params& p) {
+  constexpr int BM = BS;                 // query rows per CTA
+  constexpr int WARPS = BM / (16 * MT);  // each warp owns MT * 16 consecutive rows
   constexpr int NT = WARPS * 32;
-  constexpr int TPB = BS / kBN;   // K/V tiles per key block
-  constexpr int C = D / 8;        // 16-byte chunks per row
-  constexpr int KC = D / 16;      // k16 steps of Q K^T
-  constexpr int NS = kBN / 8;     // n8 tiles of S
-  constexpr int ND = D / 8;       // n8 tiles of O
+  constexpr int TPB = BS / BN;           // K/V tiles per key block
+  constexpr int C = D / 8;               // 16-byte chunks per row
+  constexpr int KC = D / 16;             // k16 steps of Q K^T
+  constexpr int NS = BN / 8;             // n8 tiles of S
+  constexpr int ND = D / 8;              // n8 tiles of O
+  constexpr bool kQInRegs = MT == 1;
+  // With Q fragments in registers the k loop must unroll fully (qf is indexed by kc); with Q
+  // re-read from shared memory a rolled loop keeps only one step's fragments live.
+  constexpr int kKUnroll = kQInRegs ? KC / 2 : 1;
   static_assert(KC % 2 == 0 && ND % 2 == 0, "D must be a multiple of 32");
+  static_assert(BN % 16 == 0 && BS % BN == 0 && BM % (16 * MT) == 0, "bad tile configuration");
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem_raw);
-  uint16_t* sK = sQ + BM * D;       // 2 stages of [kBN][D]
-  uint16_t* sV = sK + 2 * kBN * D;  // 2 stages of [kBN][D]
+  uint16_t* sK = sQ + BM * D;      // 2 stages of [BN][D]
+  uint16_t* sV = sK + 2 * BN * D;  // 2 stages of [BN][D]
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
@@ -178,194 +182,271 @@ __global__ void __launch_bounds__(BS * 2, 1) bsa_fwd_kernel(const Params p) {
   e1 = e1 < e0 ? e0 : (e1 > p.nnz ? p.nnz : e1);
   const int ntiles = (e1 - e0) * TPB;
 
-  const int64_t head_row0 = bh * p.seq_len;  // first token row of this batch_head
-  const int64_t q_row0 = head_row0 + static_cast<int64_t>(qblock) * BS;
-  uint16_t* out = p.out + q_row0 * D;
+  // Per-head base pointers once; offsets inside a head fit in 32 bits (seq_len * D < 2^31 is
+  // checked on the host), which keeps address arithmetic cheap in registers.
+  const int64_t head_off = bh * p.seq_len * D;
+  const uint16_t* __restrict__ kh = p.k + head_off;
+  const uint16_t* __restrict__ vh = p.v + head_off;
+  const int q_off = qblock * BS * D;  // this CTA's first query row inside the head
+  uint16_t* out = p.out + head_off + q_off;
+  const int64_t lse_row0 = bh * p.seq_len + static_cast<int64_t>(qblock) * BS;
 
   if (ntiles == 0) {  // no key block: zero output, lse = -inf
     for (int i = tid; i < BM * C; i += NT) reinterpret_cast<uint4*>(out)[i] = make_uint4(0u, 0u, 0u, 0u);
     if (p.lse != nullptr)
-      for (int i = tid; i < BM; i += NT) p.lse[q_row0 + i] = -__int_as_float(0x7f800000);
+      for (int i = tid; i < BM; i += NT) p.lse[lse_row0 + i] = -__int_as_float(0x7f800000);
     return;
   }
 
-  // Token row of K/V tile j, whose key block is c.
-  auto kv_row = [&](int j, int c) -> int64_t {
-    return head_row0 + static_cast<int64_t>(c) * BS + (j % TPB) * kBN;
-  };
+  // Element offset (inside the head) of K/V tile j, whose key block is c.
+  auto kv_off = [&](int j, int c) -> int { return (c * BS + (j % TPB) * BN) * D; };
   auto block_of = [&](int j) -> int { return clamp_block(__ldg(p.indices + e0 + j / TPB), nb); };
 
   // Prologue: Q and the first K/V tile in one group.
   {
-    load_tile<D, BM, NT>(sQ, p.q + q_row0 * D, tid);
-    const int64_t row = kv_row(0, block_of(0));
-    load_tile<D, kBN, NT>(sK, p.k + row * D, tid);
-    load_tile<D, kBN, NT>(sV, p.v + row * D, tid);
+    load_tile<D, BM, NT>(sQ, p.q + head_off + q_off, tid);
+    const int off = kv_off(0, block_of(0));
+    load_tile<D, BN, NT>(sK, kh + off, tid);
+    load_tile<D, BN, NT>(sV, vh + off, tid);
     cp_async_commit();
   }
   int next_block = ntiles > 1 ? block_of(1) : 0;  // key block of tile j+1
 
-  float m0 = -__int_as_float(0x7f800000), m1 = m0;  // running max (log2 units), rows g and g+8
-  float l0 = 0.0f, l1 = 0.0f;                        // running sum (this thread's columns)
-  float o[ND][4];
+  // Rows owned by this warp: m-tile mt covers CTA rows (warp * MT + mt) * 16 .. +15; this thread
+  // holds rows g and g+8 of each m-tile (g = lane / 4).
+  const int q_ld_row = (lane & 7) + ((lane >> 3) & 1) * 8;  // ldmatrix row of an A operand
+  const float kNegInf = -__int_as_float(0x7f800000);
+  float m[MT][2], l[MT][2];  // running max (log2 units) and this thread's partial row sums
+  float o[MT][ND][4];
 #pragma unroll
-  for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  uint32_t qf[KC][4];
+  for (int mt = 0; mt < MT; ++mt) {
+    m[mt][0] = m[mt][1] = kNegInf;
+    l[mt][0] = l[mt][1] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < ND; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+  }
+  uint32_t qf[kQInRegs ? KC : 1][4];  // MT == 1: the warp's Q fragments for the whole CTA
 
   for (int j = 0; j < ntiles; ++j) {
     cp_async_wait_all();
     __syncthreads();  // tile j visible to all warps; every warp is done with tile j-1
     if (j + 1 < ntiles) {
       const int stage = (j + 1) & 1;
-      const int64_t row = kv_row(j + 1, next_block);
-      load_tile<D, kBN, NT>(sK + stage * kBN * D, p.k + row * D, tid);
-      load_tile<D, kBN, NT>(sV + stage * kBN * D, p.v + row * D, tid);
+      const int off = kv_off(j + 1, next_block);
+      load_tile<D, BN, NT>(sK + stage * BN * D, kh + off, tid);
+      load_tile<D, BN, NT>(sV + stage * BN * D, vh + off, tid);
       cp_async_commit();
       if (j + 2 < ntiles) next_block = block_of(j + 2);  // consumed next iteration
     }
-    if (j == 0) {
-      // Q fragments (A operand, 16 x 16 per k-step): matrices rows 0-7 / 8-15 x cols 0-7 / 8-15.
-      const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+    if constexpr (kQInRegs) {
+      if (j == 0) {
 #pragma unroll
-      for (int kc = 0; kc < KC; ++kc) ldsm_x4(qf[kc], sQ + swz<D>(row, 2 * kc + (lane >> 4)));
+        for (int kc = 0; kc < KC; ++kc) ldsm_x4(qf[kc], sQ + swz<D>(warp * 16 + q_ld_row, 2 * kc + (lane >> 4)));
+      }
     }
-    const uint16_t* tK = sK + (j & 1) * kBN * D;
-    const uint16_t* tV = sV + (j & 1) * kBN * D;
+    const uint16_t* tK = sK + (j & 1) * BN * D;
+    const uint16_t* tV = sV + (j & 1) * BN * D;
 
-    // ---- S = Q K^T (16 x 64 per warp) ----
-    float s[NS][4];
+    // ---- S = Q K^T (MT*16 x BN per warp) ----
+    float s[MT][NS][4];
 #pragma unroll
-    for (int n = 0; n < NS; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
+      for (int n = 0; n < NS; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+#pragma unroll kKUnroll
     for (int kc = 0; kc < KC; kc += 2) {
+      // A fragments of k-steps kc and kc+1 (16 x 16 each: rows 0-7 / 8-15 x cols 0-7 / 8-15)
+      uint32_t qa[MT][2][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (kQInRegs) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            qa[mt][0][r] = qf[kc][r];
+            qa[mt][1][r] = qf[kc + 1][r];
+          }
+        } else {
+          const int row = (warp * MT + mt) * 16 + q_ld_row;
+          ldsm_x4(qa[mt][0], sQ + swz<D>(row, 2 * kc + (lane >> 4)));
+          ldsm_x4(qa[mt][1], sQ + swz<D>(row, 2 * kc + 2 + (lane >> 4)));
+        }
+      }
 #pragma unroll
       for (int n = 0; n < NS; ++n) {
         // keys n*8 .. n*8+7, dims 16*kc .. 16*kc+31: B fragments of k-steps kc and kc+1
         uint32_t b[4];
         ldsm_x4(b, tK + swz<D>(n * 8 + (lane & 7), 2 * kc + (lane >> 3)));
-        Mma<Tag>::mma(s[n], qf[kc], b[0], b[1]);
-        Mma<Tag>::mma(s[n], qf[kc + 1], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma<Tag>::mma(s[mt][n], qa[mt][0], b[0], b[1]);
+          Mma<Tag>::mma(s[mt][n], qa[mt][1], b[2], b[3]);
+        }
       }
     }
 
     // ---- online softmax (log2 units) ----
-    float mx0 = -__int_as_float(0x7f800000), mx1 = mx0;
 #pragma unroll
-    for (int n = 0; n < NS; ++n) {
-      s[n][0] *= p.scale_log2;
-      s[n][1] *= p.scale_log2;
-      s[n][2] *= p.scale_log2;
-      s[n][3] *= p.scale_log2;
-      mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
-    }
-    // a row's 64 scores are spread over the 4 threads of a quad
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
-    const float ref0 = new0 == -__int_as_float(0x7f800000) ? 0.0f : new0;  // avoid (-inf) - (-inf)
-    const float ref1 = new1 == -__int_as_float(0x7f800000) ? 0.0f : new1;
-    const float alpha0 = ex2(m0 - ref0), alpha1 = ex2(m1 - ref1);
-    m0 = new0;
-    m1 = new1;
-    float sum0 = 0.0f, sum1 = 0.0f;
+    for (int mt = 0; mt < MT; ++mt) {
+      float mx0 = kNegInf, mx1 = kNegInf;
 #pragma unroll
-    for (int n = 0; n < NS; ++n) {
-      s[n][0] = ex2(s[n][0] - ref0);
-      s[n][1] = ex2(s[n][1] - ref0);
-      s[n][2] = ex2(s[n][2] - ref1);
-      s[n][3] = ex2(s[n][3] - ref1);
-      sum0 += s[n][0] + s[n][1];
-      sum1 += s[n][2] + s[n][3];
-    }
-    l0 = l0 * alpha0 + sum0;
-    l1 = l1 * alpha1 + sum1;
+      for (int n = 0; n < NS; ++n) {
+        s[mt][n][0] *= p.scale_log2;
+        s[mt][n][1] *= p.scale_log2;
+        s[mt][n][2] *= p.scale_log2;
+        s[mt][n][3] *= p.scale_log2;
+        mx0 = fmaxf(mx0, fmaxf(s[mt][n][0], s[mt][n][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[mt][n][2], s[mt][n][3]));
+      }
+      // a row's BN scores are spread over the 4 threads of a quad
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float new0 = fmaxf(m[mt][0], mx0), new1 = fmaxf(m[mt][1], mx1);
+      const float ref0 = new0 == kNegInf ? 0.0f : new0;  // avoid (-inf) - (-inf)
+      const float ref1 = new1 == kNegInf ? 0.0f : new1;
+      const float alpha0 = ex2(m[mt][0] - ref0), alpha1 = ex2(m[mt][1] - ref1);
+      m[mt][0] = new0;
+      m[mt][1] = new1;
+      float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-    for (int n = 0; n < ND; ++n) {
-      o[n][0] *= alpha0;
-      o[n][1] *= alpha0;
-      o[n][2] *= alpha1;
-      o[n][3] *= alpha1;
+      for (int n = 0; n < NS; ++n) {
+        s[mt][n][0] = ex2(s[mt][n][0] - ref0);
+        s[mt][n][1] = ex2(s[mt][n][1] - ref0);
+        s[mt][n][2] = ex2(s[mt][n][2] - ref1);
+        s[mt][n][3] = ex2(s[mt][n][3] - ref1);
+        sum0 += s[mt][n][0] + s[mt][n][1];
+        sum1 += s[mt][n][2] + s[mt][n][3];
+      }
+      l[mt][0] = l[mt][0] * alpha0 + sum0;
+      l[mt][1] = l[mt][1] * alpha1 + sum1;
+#pragma unroll
+      for (int n = 0; n < ND; ++n) {
+        o[mt][n][0] *= alpha0;
+        o[mt][n][1] *= alpha0;
+        o[mt][n][2] *= alpha1;
+        o[mt][n][3] *= alpha1;
+      }
     }
 
     // ---- O += P V: P's accumulators re-packed as A fragments (k-step = 16 keys) ----
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = Mma<Tag>::pack(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = Mma<Tag>::pack(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = Mma<Tag>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = Mma<Tag>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = Mma<Tag>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = Mma<Tag>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = Mma<Tag>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = Mma<Tag>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
       const int vrow = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
       for (int dd = 0; dd < ND / 2; ++dd) {
         // keys 16*kk .. +15, dims 16*dd .. +15 (transposed): B fragments of n-tiles 2dd, 2dd+1
         uint32_t b[4];
         ldsm_x4_trans(b, tV + swz<D>(vrow, 2 * dd + (lane >> 4)));
-        Mma<Tag>::mma(o[2 * dd], a, b[0], b[1]);
-        Mma<Tag>::mma(o[2 * dd + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma<Tag>::mma(o[mt][2 * dd], a[mt], b[0], b[1]);
+          Mma<Tag>::mma(o[mt][2 * dd + 1], a[mt], b[2], b[3]);
+        }
       }
     }
   }
 
-  // ---- epilogue ----
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-  const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  // ---- epilogue: stage O / l through this warp's own Q rows (only this warp reads them) ----
   const int g = lane >> 2, tig = lane & 3;
-  const int r0 = warp * 16 + g, r1 = r0 + 8;  // rows of this thread inside the CTA tile
   __syncwarp();
-  // Stage through this warp's own Q rows (only this warp ever read them).
 #pragma unroll
-  for (int n = 0; n < ND; ++n) {
-    *reinterpret_cast<uint32_t*>(sQ + swz<D>(r0, n) + 2 * tig) = Mma<Tag>::pack(o[n][0] * inv0, o[n][1] * inv0);
-    *reinterpret_cast<uint32_t*>(sQ + swz<D>(r1, n) + 2 * tig) = Mma<Tag>::pack(o[n][2] * inv1, o[n][3] * inv1);
+  for (int mt = 0; mt < MT; ++mt) {
+    float l0 = l[mt][0], l1 = l[mt][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+    const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const int r0 = (warp * MT + mt) * 16 + g, r1 = r0 + 8;  // CTA rows of this thread
+#pragma unroll
+    for (int n = 0; n < ND; ++n) {
+      *reinterpret_cast<uint32_t*>(sQ + swz<D>(r0, n) + 2 * tig) =
+          Mma<Tag>::pack(o[mt][n][0] * inv0, o[mt][n][1] * inv0);
+      *reinterpret_cast<uint32_t*>(sQ + swz<D>(r1, n) + 2 * tig) =
+          Mma<Tag>::pack(o[mt][n][2] * inv1, o[mt][n][3] * inv1);
+    }
+    if (p.lse != nullptr && tig == 0) {
+      const float kLn2 = 0.69314718055994531f;
+      p.lse[lse_row0 + r0] = (m[mt][0] + lg2(l0)) * kLn2;
+      p.lse[lse_row0 + r1] = (m[mt][1] + lg2(l1)) * kLn2;
+    }
   }
   __syncwarp();
 #pragma unroll
-  for (int it = 0; it < 16 * C / 32; ++it) {
+  for (int it = 0; it < MT * 16 * C / 32; ++it) {
     const int i = it * 32 + lane;
-    const int row = warp * 16 + i / C, ch = i % C;
-    *reinterpret_cast<uint4*>(out + static_cast<int64_t>(row) * D + ch * 8) =
+    const int row = warp * MT * 16 + i / C, ch = i % C;
+    *reinterpret_cast<uint4*>(out + row * D + ch * 8) =
         *reinterpret_cast<const uint4*>(sQ + swz<D>(row, ch));
   }
-  if (p.lse != nullptr && tig == 0) {
-    const float kLn2 = 0.69314718055994531f;
-    p.lse[q_row0 + r0] = (m0 + lg2(l0)) * kLn2;
-    p.lse[q_row0 + r1] = (m1 + lg2(l1)) * kLn2;
-  }
-#else
-  (void)p;
-#endif  // S4D_BSA_DEVICE_OK
 }
 
-constexpr int smem_bytes(int D, int BS) { return (BS * D + 4 * kBN * D) * 2; }
+// Device code of a variant is generated only for the architectures the host dispatch uses it
+// on (the D = 128, 32-rows-per-warp variant: sm_80 only - it would spill elsewhere).
+template <int D, int MT>
+__device__ constexpr bool variant_enabled() {
+#if __CUDA_ARCH__ == 800
+  return true;
+#else
+  return !(D == 128 && MT == 2);
+#endif
+}
+#endif  // S4D_BSA_DEVICE_OK
 
-template <typename Tag, int D, int BS>
+template <typename Tag, int D, int BS, int MT, int BN>
+__global__ void __launch_bounds__(BS * 2 / MT, 1) bsa_fwd_kernel(const Params p) {
+#ifdef S4D_BSA_DEVICE_OK
+  if constexpr (variant_enabled<D, MT>())
+    bsa_fwd_body<Tag, D, BS, MT, BN>(p);
+  else
+    __trap();  // never launched on this architecture (see dispatch)
+#else
+  (void)p;
+#endif
+}
+
+constexpr int smem_bytes(int D, int BS, int BN) { return (BS * D + 4 * BN * D) * 2; }
+
+template <typename Tag, int D, int BS, int MT, int BN>
 cudaError_t launch(const Params& p, int64_t batch_heads, cudaStream_t stream) {
-  auto kernel = bsa_fwd_kernel<Tag, D, BS>;
-  constexpr int smem = smem_bytes(D, BS);
+  auto kernel = bsa_fwd_kernel<Tag, D, BS, MT, BN>;
+  constexpr int smem = smem_bytes(D, BS, BN);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const unsigned grid = static_cast<unsigned>(batch_heads * p.num_blocks);
-  kernel<<<grid, BS * 2, smem, stream>>>(p);
+  kernel<<<grid, BS * 2 / MT, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
+// Tile configuration per (head dim, block size, architecture); registers as reported by ptxas
+// (nvcc 13.0; none of these spill - the compile test enforces it):
+//   block size 64:           4 warps x 16 rows, 64-key tiles (D=64: ~175 regs, D=128: ~245).
+//   block size 128, D = 64:  4 warps x 32 rows, 64-key tiles (48 KB smem, ~230 regs).
+//   block size 128, D = 128: sm_80: 4 warps x 32 rows, 32-key tiles (64 KB smem, ~252 regs, two
+//                            CTAs per SM; each K/V fragment feeds 32 rows, as FlashAttention-2
+//                            does on A100);
+//                            sm_86 / sm_89 / sm_90: 8 warps x 16 rows, 64-key tiles (96 KB smem,
+//                            ~225 regs). The 32-row variant spills on sm_90 with nvcc 13.
 template <typename Tag>
-cudaError_t dispatch(const Params& p, int64_t batch_heads, int64_t head_dim, int64_t block_size,
+cudaError_t dispatch(const Params& p, int64_t batch_heads, int64_t head_dim, int64_t block_size, int cc,
                      cudaStream_t stream) {
-  if (head_dim == 64) {
-    if (block_size == 64) return launch<Tag, 64, 64>(p, batch_heads, stream);
-    return launch<Tag, 64, 128>(p, batch_heads, stream);
+  if (block_size == 64) {
+    if (head_dim == 64) return launch<Tag, 64, 64, 1, 64>(p, batch_heads, stream);
+    return launch<Tag, 128, 64, 1, 64>(p, batch_heads, stream);
   }
-  if (block_size == 64) return launch<Tag, 128, 64>(p, batch_heads, stream);
-  return launch<Tag, 128, 128>(p, batch_heads, stream);
+  if (head_dim == 64) return launch<Tag, 64, 128, 2, 64>(p, batch_heads, stream);
+  if (cc == 80) return launch<Tag, 128, 128, 2, 32>(p, batch_heads, stream);
+  return launch<Tag, 128, 128, 1, 64>(p, batch_heads, stream);
 }
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
@@ -392,9 +473,10 @@ extern "C" int s4d_bsa_forward_cuda(const void* q, const void* k, const void* v,
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_ALIGNMENT, "%s: q, k, v and out must be 16-byte aligned", fn);
   if (batch_heads == 0) return S4D_BSA_OK;
 
-  int device = 0, major = 0;
+  int device = 0, major = 0, minor = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_DEVICE, "%s: querying the CUDA device failed: %s", fn,
@@ -417,8 +499,9 @@ extern "C" int s4d_bsa_forward_cuda(const void* q, const void* k, const void* v,
   p.num_blocks = static_cast<int>(num_query_blocks);
   p.scale_log2 = scale * 1.4426950408889634f;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  err = dtype == S4D_BSA_DTYPE_F16 ? dispatch<F16Tag>(p, batch_heads, head_dim, block_size, s)
-                                   : dispatch<BF16Tag>(p, batch_heads, head_dim, block_size, s);
+  const int cc = major * 10 + minor;
+  err = dtype == S4D_BSA_DTYPE_F16 ? dispatch<F16Tag>(p, batch_heads, head_dim, block_size, cc, s)
+                                   : dispatch<BF16Tag>(p, batch_heads, head_dim, block_size, cc, s);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_DEVICE, "%s: kernel launch failed: %s", fn, cudaGetErrorString(err));

@@ -63,11 +63,14 @@ int s4d_bsa_check_args_cuda(int64_t batch_heads, int64_t seq_len, int64_t head_d
                                   fn, static_cast<long long>(seq_len), static_cast<long long>(block_size),
                                   static_cast<long long>(num_query_blocks),
                                   static_cast<long long>(block_size * num_query_blocks));
-  if (batch_heads * num_query_blocks * (block_size / 64) > INT32_MAX)
+  if (seq_len * head_dim > INT32_MAX)
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_SHAPE,
-                                  "%s: batch_heads (%lld) x query tiles (%lld) exceeds the launch grid limit", fn,
-                                  static_cast<long long>(batch_heads),
-                                  static_cast<long long>(num_query_blocks * (block_size / 64)));
+                                  "%s: seq_len (%lld) * head_dim (%lld) must be below 2^31 (elements of one head)", fn,
+                                  static_cast<long long>(seq_len), static_cast<long long>(head_dim));
+  if (batch_heads * num_query_blocks > INT32_MAX)
+    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_SHAPE,
+                                  "%s: batch_heads (%lld) x query blocks (%lld) exceeds the launch grid limit", fn,
+                                  static_cast<long long>(batch_heads), static_cast<long long>(num_query_blocks));
   if (!std::isfinite(scale))
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_SCALE, "%s: scale must be finite, got %g", fn, static_cast<double>(scale));
   if (nnz < 0 || nnz > INT32_MAX)

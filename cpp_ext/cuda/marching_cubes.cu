@@ -286,8 +286,10 @@ int bind_stream(s4d_mc_cuda_context* ctx, cudaStream_t stream) {
     ctx->pools = pools ? 1 : 0;
   }
   if (ctx->stream != stream) {
+    bool has_buffers = false;
+    for (const auto& b : ctx->bufs) has_buffers = has_buffers || b.ptr != nullptr;
     // Order the old stream's pending work (and frees) before anything on the new one.
-    S4D_MC_CUDA(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize");
+    if (has_buffers) S4D_MC_CUDA(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize");
     ctx->stream = stream;
   }
   return S4D_MC_OK;

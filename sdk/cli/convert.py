@@ -42,6 +42,7 @@ def expand_inputs(inputs: List[str]) -> List[Item]:
     items: List[Item] = []
     for raw in inputs:
         path = Path(raw)
+        label = path.resolve().name or raw  # "..", "." -> the directory's real name
         if not path.exists() and any(c in raw for c in "*?["):
             matches = sorted(glob.glob(raw))
             if not matches:
@@ -53,9 +54,9 @@ def expand_inputs(inputs: List[str]) -> List[Item]:
             if videos:
                 items.extend(Item(str(v), v.stem) for v in videos)
             elif any(p.suffix.lower() in IMAGE_EXTENSIONS for p in children):
-                items.append(Item(str(path), path.name))
+                items.append(Item(str(path), label))
             else:
-                items.append(Item(raw, path.name, status="failed",
+                items.append(Item(raw, label, status="failed",
                                   error="directory has no videos " f"({', '.join(sorted(VIDEO_EXTENSIONS))}) "
                                         f"and no frames ({', '.join(sorted(IMAGE_EXTENSIONS))})"))
         else:
@@ -83,7 +84,9 @@ def convert(
     seed: int = typer.Option(0, help="Random seed of the initial noise."),
     formats: List[str] = typer.Option(["glb"], "--format", "-f", help="Mesh formats, repeatable: glb, obj, ply, "
                                                                        "usd/usda, usdc."),
-    backend: str = typer.Option("auto", help="Inference backend: auto, torch (onnxruntime and tensorrt: later)."),
+    backend: str = typer.Option("auto", help="Inference backend: auto (from what --model is), torch, onnxruntime "
+                                             "(an s4d-export onnx directory), tensorrt (an s4d-export build "
+                                             "directory; needs a GPU)."),
     device: Optional[str] = typer.Option(None, help="Device, e.g. cpu or cuda:0 (default: cuda if available)."),
     matting: str = typer.Option("auto", help="Background removal: auto (alpha, else rembg if its model is on "
                                              "disk, else border-colour key), border, rembg, none."),
@@ -97,10 +100,21 @@ def convert(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from ..meshseq import _check_formats
-    from ..pipeline import Generator, GeneratorError, default_generator_unavailable
+    from ..pipeline import Generator, default_generator_unavailable
+
+    from ..pipeline import BACKENDS, DECODE_METHODS
+    from ..sampling import NOISE_MODES
+    from ..video import MATTING_METHODS
 
     if skip_existing and overwrite:
         _usage_error("--skip-existing and --overwrite exclude each other")
+    for option, value, allowed in (("--decode", decode, DECODE_METHODS), ("--noise", noise, NOISE_MODES),
+                                   ("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
+        if value not in allowed:
+            _usage_error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    for option, value, low in (("--frames", frames, 1), ("--steps", steps, 1), ("--resolution", resolution, 8)):
+        if value < low:
+            _usage_error(f"{option} must be >= {low}, got {value}")
     try:
         formats = _check_formats(formats)
     except ValueError as exc:
@@ -115,8 +129,11 @@ def convert(
             generator = Generator.from_pretrained(model, backend=backend, device=device)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
-    except (GeneratorError, ValueError, OSError) as exc:
+    except Exception as exc:  # any failure to load the model is a bad --model / --backend choice
         _usage_error(f"cannot load model {model!r}: {exc}")
+    fixed = generator.runtime.fixed_frames
+    if fixed is not None and fixed != frames:
+        _usage_error(f"model {model!r} was exported for {fixed} frames; pass --frames {fixed} or export another")
 
     items = expand_inputs(inputs)
     reporter = None

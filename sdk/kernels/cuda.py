@@ -2,7 +2,7 @@
 
 ``cpp_ext/cuda/torch_bindings.cpp`` (the only file including torch headers) is compiled together
 with the kernel sources by :func:`torch.utils.cpp_extension.load` on first use - and only when
-torch has CUDA, a device of compute capability >= 8.0 is visible and ``nvcc`` exists - into a
+torch has CUDA, a device of compute capability >= 7.5 is visible and ``nvcc`` exists - into a
 cache directory (``$S4D_CACHE_DIR`` or ``~/.cache/sculpt4d/kernels``) under a name keyed by a hash
 of every source and header, the torch / CUDA versions, the target architectures and the flags.
 Loading registers ``torch.ops.s4d_cuda.*``:
@@ -12,7 +12,8 @@ Loading registers ``torch.ops.s4d_cuda.*``:
 * ``marching_cubes(field, level, box_min, box_max) -> (vertices, faces)``
 * ``marching_cubes_sparse(field, cells, level, box_min, box_max) -> (vertices, faces)``
 
-Nothing here raises at import. :func:`cuda_kernels_available` says whether the ops work here and
+The attention kernel needs compute capability >= 8.0 (sm_80 tensor-core instructions); marching
+cubes runs on 7.5 too. Nothing here raises at import. :func:`cuda_kernels_available` says whether the ops work here and
 :func:`cuda_kernels_unavailable_reason` why not; the wrappers raise ``RuntimeError`` with that
 reason when called without them.
 
@@ -117,8 +118,8 @@ def _precheck() -> str | None:
         major, minor = torch.cuda.get_device_capability()
     except Exception as exc:  # a broken driver reports here
         return f"no usable CUDA device ({exc})"
-    if major < 8:
-        return (f"the CUDA kernels need compute capability >= 8.0 (sm_80); "
+    if (major, minor) < (7, 5):
+        return (f"the CUDA kernels need compute capability >= 7.5 (the attention kernel >= 8.0); "
                 f"{torch.cuda.get_device_name()} is {major}.{minor}")
     if _nvcc() is None:
         return "nvcc not found (install the CUDA toolkit or set CUDA_HOME)"
@@ -249,6 +250,10 @@ def block_sparse_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     _require()
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if major < 8:
+        raise RuntimeError(f"the CUDA block-sparse attention kernel needs compute capability >= 8.0; "
+                           f"{q.device} is {major}.{minor}")
     out, lse = torch.ops.s4d_cuda.block_sparse_attention_fwd(
         q, k, v, kv_offsets, kv_indices, block_size, scale, bool(return_lse), bool(check_csr))
     return (out, lse) if return_lse else out
