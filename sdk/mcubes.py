@@ -11,10 +11,10 @@ Conventions shared by every decoder and every backend:
 * Grid index -> world coordinate is :func:`grid_to_world` and nothing else, both for the
   query points (``sdk.decode``) and for the mesh vertices, on CPU and on GPU.
 
-Backends live in a small registry (:data:`BACKENDS`). Only ``"cpu"`` (scikit-image, Lewiner)
-exists today; ``"cuda"`` is a placeholder that raises until the CUDA kernels land, at which point
-an implementation is registered with :func:`register_backend` and ``"auto"`` can prefer it for
-CUDA tensors.
+Backends live in a small registry (:data:`BACKENDS`): ``"cpu"`` (scikit-image, Lewiner) and
+``"cuda"`` (the kernel in ``cpp_ext/cuda/marching_cubes.cu``, via ``sdk.kernels.cuda``; it raises
+a clear error where the CUDA kernels cannot be built). ``"auto"`` picks ``cuda`` for a CUDA
+tensor when the kernels are available, else ``cpu``.
 """
 
 from __future__ import annotations
@@ -123,8 +123,12 @@ def _cpu_backend(field: FieldLike, level: float, box: WorldBox) -> tuple[np.ndar
 
 
 def _cuda_backend(field: FieldLike, level: float, box: WorldBox) -> tuple[np.ndarray, np.ndarray]:
-    raise NotImplementedError("GPU marching cubes arrives with the CUDA kernels; "
-                              "use backend='cpu' (or 'auto') for now")
+    from .kernels.cuda import cuda_kernels_available, cuda_kernels_unavailable_reason, mcubes_backend
+
+    if not cuda_kernels_available():
+        raise RuntimeError(f"GPU marching cubes is unavailable: {cuda_kernels_unavailable_reason()}; "
+                           "use backend='cpu' (or 'auto')")
+    return mcubes_backend(field, level, box)
 
 
 BACKENDS: dict[str, Backend] = {"cpu": _cpu_backend, "cuda": _cuda_backend}
@@ -143,8 +147,11 @@ def register_backend(name: str, backend: Backend) -> None:
 
 def _resolve_backend(backend: str, field: FieldLike) -> Backend:
     if backend == "auto":
-        # Only the CPU backend exists today. Once a real CUDA backend is registered, "auto"
-        # should pick it for CUDA tensors (the field never leaves the GPU).
+        if isinstance(field, torch.Tensor) and field.is_cuda:
+            from .kernels.cuda import cuda_kernels_available
+
+            if cuda_kernels_available():  # the field never leaves the GPU
+                return BACKENDS["cuda"]
         return BACKENDS["cpu"]
     if backend not in BACKENDS:
         raise ValueError(f"unknown marching-cubes backend {backend!r}; "

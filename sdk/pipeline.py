@@ -214,14 +214,14 @@ class Generator:
         return torch.cat(tokens)
 
     def _decode_fields(self, latents: torch.Tensor, resolution: int, method: str, advance):
-        """Sampled latents ``[T, P, C]`` -> one field ``[R+1]^3`` per frame (numpy float32)."""
+        """Sampled latents ``[T, P, C]`` -> one field ``[R+1]^3`` per frame (float32 tensor)."""
         from .decode import decode_field
 
         fields, stats = [], []
         scaled = latents / self.runtime.vae_config.scale_factor
         for frame in scaled:
             field, stat = decode_field(self.runtime.frame_query_fn(frame[None]), resolution, method)
-            fields.append(field.float().cpu().numpy())
+            fields.append(field.float())  # stays on its device: GPU marching cubes when available
             stats.append(stat)
             advance()
         return fields, stats

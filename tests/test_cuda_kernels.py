@@ -19,6 +19,7 @@ import ctypes
 import importlib.util
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -261,6 +262,7 @@ def test_bsa_check_args_accepts_valid(host_lib):
     (dict(scale=float("nan")), BSA_SCALE, "scale must be finite"),
     (dict(scale=float("inf")), BSA_SCALE, "scale must be finite"),
     (dict(nnz=-1), BSA_CSR, "nnz"),
+    (dict(n=64 * (1 << 18), d=128, bs=64), BSA_SHAPE, "must be below 2^31"),
 ])
 def test_bsa_check_args_rejects(host_lib, kwargs, code, words):
     rc, msg = bsa_check(host_lib, **kwargs)
@@ -636,6 +638,209 @@ def test_host_mc_sparse_subset(host_lib):
     assert 0 < len(f) < len(host_mc(host_lib, field)[1])
     v, f = host_mc(host_lib, field, cells=np.zeros(0, dtype=np.int64))
     assert len(v) == 0 and len(f) == 0
+
+
+# =============================================================================================
+# 3b. a NumPy model of the attention kernel's index arithmetic
+# =============================================================================================
+# Mirrors bsa_fwd_body in block_sparse_attention.cu step by step - swizzled shared-memory tiles,
+# ldmatrix (.trans) and mma.m16n8k16 register fragments as the PTX ISA defines them, the CSR
+# tile schedule, the online softmax and the epilogue - in float64, for every tile configuration
+# the host dispatch uses. It checks the kernel's layout reasoning without a GPU; it does not run
+# the compiled code (the GPU tests do). Keep it in step with the kernel.
+
+def _swz(D, row, ch):
+    return row * D + ((ch ^ (row & 7)) << 3)
+
+
+def _load_tile(smem, gmem, D, rows, NT):
+    C = D // 8
+    assert rows * C % NT == 0
+    for i in range(rows * C):  # i = it * NT + tid
+        row, ch = divmod(i, C)
+        smem[_swz(D, row, ch):_swz(D, row, ch) + 8] = gmem[row * D + ch * 8:row * D + ch * 8 + 8]
+
+
+def _ldmatrix_x4(smem, addrs, trans=False):
+    """regs[lane][m] = the (lo, hi) pair lane receives from 8x8 matrix m (rows from lanes 8m..8m+7)."""
+    regs = [[None] * 4 for _ in range(32)]
+    for m in range(4):
+        M = np.stack([smem[addrs[8 * m + r]:addrs[8 * m + r] + 8] for r in range(8)])
+        for t in range(32):
+            g, q = t // 4, t % 4
+            regs[t][m] = (M[2 * q, g], M[2 * q + 1, g]) if trans else (M[g, 2 * q], M[g, 2 * q + 1])
+    return regs
+
+
+def _mma(c, a, b0, b1):
+    """c[lane] += A(16x16, from a[lane][0..3]) @ B(16x8, from b0/b1[lane]) in fragment layout."""
+    A, B = np.zeros((16, 16)), np.zeros((16, 8))
+    for t in range(32):
+        g, q = t // 4, t % 4
+        for r, (row, colm) in enumerate(((g, 2 * q), (g + 8, 2 * q), (g, 2 * q + 8), (g + 8, 2 * q + 8))):
+            A[row, colm], A[row, colm + 1] = a[t][r]
+        B[2 * q, g], B[2 * q + 1, g] = b0[t]
+        B[2 * q + 8, g], B[2 * q + 9, g] = b1[t]
+    prod = A @ B
+    for t in range(32):
+        g, q = t // 4, t % 4
+        c[t][0] += prod[g, 2 * q]
+        c[t][1] += prod[g, 2 * q + 1]
+        c[t][2] += prod[g + 8, 2 * q]
+        c[t][3] += prod[g + 8, 2 * q + 1]
+
+
+def _reg(regs, m):
+    return [regs[t][m] for t in range(32)]
+
+
+def _model_cta(q, k, v, out, lse, offsets, indices, nb, seq_len, scale_log2, D, BS, MT, BN, bh, qblock):
+    """One CTA of bsa_fwd_body<D, BS, MT, BN> on flat float64 arrays."""
+    WARPS, TPB, C, KC, NS, ND = BS // (16 * MT), BS // BN, D // 8, D // 16, BN // 8, D // 8
+    NT, q_in_regs, nnz = WARPS * 32, MT == 1, len(indices)
+    e0 = min(max(offsets[qblock], 0), nnz)
+    e1 = min(max(offsets[qblock + 1], e0), nnz)
+    ntiles = (e1 - e0) * TPB
+    head_off, q_off, lse_row0 = bh * seq_len * D, qblock * BS * D, bh * seq_len + qblock * BS
+    if ntiles == 0:
+        out[head_off + q_off:head_off + q_off + BS * D] = 0.0
+        lse[lse_row0:lse_row0 + BS] = -np.inf
+        return
+    kv_off = lambda j, c: (c * BS + (j % TPB) * BN) * D  # noqa: E731
+    block_of = lambda j: min(max(indices[e0 + j // TPB], 0), nb - 1)  # noqa: E731
+    sQ, sK, sV = np.zeros(BS * D), np.zeros(2 * BN * D), np.zeros(2 * BN * D)
+    _load_tile(sQ, q[head_off + q_off:], D, BS, NT)
+    off = kv_off(0, block_of(0))
+    _load_tile(sK, k[head_off + off:], D, BN, NT)
+    _load_tile(sV, v[head_off + off:], D, BN, NT)
+    next_block = block_of(1) if ntiles > 1 else 0
+    q_row = lambda lane: (lane & 7) + ((lane >> 3) & 1) * 8  # noqa: E731
+    m = {(w, mt, t, h): -np.inf for w in range(WARPS) for mt in range(MT) for t in range(32) for h in range(2)}
+    l_sum = dict.fromkeys(m, 0.0)
+    o = {(w, mt, n): [[0.0] * 4 for _ in range(32)] for w in range(WARPS) for mt in range(MT) for n in range(ND)}
+    qf = {}
+    for j in range(ntiles):
+        pending = None
+        if j + 1 < ntiles:  # the cp.async of tile j+1 lands in the other stage
+            off = kv_off(j + 1, next_block)
+            k_next, v_next = np.zeros(BN * D), np.zeros(BN * D)
+            _load_tile(k_next, k[head_off + off:], D, BN, NT)
+            _load_tile(v_next, v[head_off + off:], D, BN, NT)
+            pending = ((j + 1) & 1, k_next, v_next)
+            if j + 2 < ntiles:
+                next_block = block_of(j + 2)
+        tK = sK[(j & 1) * BN * D:((j & 1) + 1) * BN * D]
+        tV = sV[(j & 1) * BN * D:((j & 1) + 1) * BN * D]
+        for w in range(WARPS):
+            if q_in_regs and j == 0:
+                for kc in range(KC):
+                    qf[w, kc] = _ldmatrix_x4(sQ, [_swz(D, w * 16 + q_row(L), 2 * kc + (L >> 4)) for L in range(32)])
+            s = {(mt, n): [[0.0] * 4 for _ in range(32)] for mt in range(MT) for n in range(NS)}
+            for kc in range(0, KC, 2):
+                qa = {}
+                for mt in range(MT):
+                    if q_in_regs:
+                        qa[mt, 0], qa[mt, 1] = qf[w, kc], qf[w, kc + 1]
+                    else:
+                        rows = [(w * MT + mt) * 16 + q_row(L) for L in range(32)]
+                        qa[mt, 0] = _ldmatrix_x4(sQ, [_swz(D, rows[L], 2 * kc + (L >> 4)) for L in range(32)])
+                        qa[mt, 1] = _ldmatrix_x4(sQ, [_swz(D, rows[L], 2 * kc + 2 + (L >> 4)) for L in range(32)])
+                for n in range(NS):
+                    b = _ldmatrix_x4(tK, [_swz(D, n * 8 + (L & 7), 2 * kc + (L >> 3)) for L in range(32)])
+                    for mt in range(MT):
+                        _mma(s[mt, n], qa[mt, 0], _reg(b, 0), _reg(b, 1))
+                        _mma(s[mt, n], qa[mt, 1], _reg(b, 2), _reg(b, 3))
+            for mt in range(MT):  # online softmax, quad-wide row maxima
+                mx = [[max(max(s[mt, n][t][2 * h], s[mt, n][t][2 * h + 1]) * scale_log2 for n in range(NS))
+                       for h in range(2)] for t in range(32)]
+                for t in range(32):
+                    for h in range(2):
+                        new = max(m[w, mt, t, h], max(mx[t ^ x][h] for x in range(4)))
+                        ref = 0.0 if new == -np.inf else new
+                        alpha = 2.0 ** (m[w, mt, t, h] - ref)
+                        m[w, mt, t, h] = new
+                        total = 0.0
+                        for n in range(NS):
+                            for e in (2 * h, 2 * h + 1):
+                                s[mt, n][t][e] = 2.0 ** (s[mt, n][t][e] * scale_log2 - ref)
+                                total += s[mt, n][t][e]
+                        l_sum[w, mt, t, h] = l_sum[w, mt, t, h] * alpha + total
+                        for n in range(ND):
+                            o[w, mt, n][t][2 * h] *= alpha
+                            o[w, mt, n][t][2 * h + 1] *= alpha
+            for kk in range(BN // 16):  # O += P V with P re-packed as A fragments
+                a = {mt: [[(s[mt, 2 * kk][t][0], s[mt, 2 * kk][t][1]), (s[mt, 2 * kk][t][2], s[mt, 2 * kk][t][3]),
+                           (s[mt, 2 * kk + 1][t][0], s[mt, 2 * kk + 1][t][1]),
+                           (s[mt, 2 * kk + 1][t][2], s[mt, 2 * kk + 1][t][3])] for t in range(32)]
+                     for mt in range(MT)}
+                for dd in range(ND // 2):
+                    b = _ldmatrix_x4(tV, [_swz(D, kk * 16 + q_row(L), 2 * dd + (L >> 4)) for L in range(32)],
+                                     trans=True)
+                    for mt in range(MT):
+                        _mma(o[w, mt, 2 * dd], a[mt], _reg(b, 0), _reg(b, 1))
+                        _mma(o[w, mt, 2 * dd + 1], a[mt], _reg(b, 2), _reg(b, 3))
+        if pending is not None:
+            stage, k_next, v_next = pending
+            sK[stage * BN * D:(stage + 1) * BN * D] = k_next
+            sV[stage * BN * D:(stage + 1) * BN * D] = v_next
+    for w in range(WARPS):  # epilogue through the warp's own Q rows
+        for mt in range(MT):
+            for t in range(32):
+                g, tig = t // 4, t % 4
+                l0 = sum(l_sum[w, mt, t ^ x, 0] for x in range(4))
+                l1 = sum(l_sum[w, mt, t ^ x, 1] for x in range(4))
+                r0 = (w * MT + mt) * 16 + g
+                for n in range(ND):
+                    sQ[_swz(D, r0, n) + 2 * tig:_swz(D, r0, n) + 2 * tig + 2] = np.array(o[w, mt, n][t][:2]) / l0
+                    sQ[_swz(D, r0 + 8, n) + 2 * tig:_swz(D, r0 + 8, n) + 2 * tig + 2] = np.array(o[w, mt, n][t][2:]) / l1
+                if tig == 0:
+                    lse[lse_row0 + r0] = (m[w, mt, t, 0] + np.log2(l0)) * np.log(2)
+                    lse[lse_row0 + r0 + 8] = (m[w, mt, t, 1] + np.log2(l1)) * np.log(2)
+        for i in range(MT * 16 * C):
+            row, ch = w * MT * 16 + i // C, i % C
+            dst = head_off + q_off + row * D + ch * 8
+            out[dst:dst + 8] = sQ[_swz(D, row, ch):_swz(D, row, ch) + 8]
+
+
+# (head dim, block size, m-tiles per warp, keys per tile): every configuration dispatch() uses
+KERNEL_CONFIGS = [(64, 64, 1, 64), (128, 64, 1, 64), (64, 128, 2, 64), (128, 128, 2, 32), (128, 128, 1, 64)]
+
+
+@pytest.mark.parametrize("D, BS, MT, BN", KERNEL_CONFIGS)
+def test_attention_kernel_index_model(D, BS, MT, BN):
+    rng = np.random.default_rng(D + BS + MT + BN)
+    nb, heads = 3, 2
+    N = nb * BS
+    scale_log2 = 0.1 * math.log2(math.e)
+    q, k, v = (rng.standard_normal(heads * N * D) for _ in range(3))
+    offsets, indices = [0, 2, 2, 3], [2, 0, 1]  # block 0: unsorted list, block 1: empty
+    out, lse = np.full(heads * N * D, np.nan), np.full(heads * N, np.nan)
+    for bh in range(heads):
+        for qb in range(nb):
+            _model_cta(q, k, v, out, lse, offsets, indices, nb, N, scale_log2, D, BS, MT, BN, bh, qb)
+    out, lse = out.reshape(heads, N, D), lse.reshape(heads, N)
+    Q, K, V = (x.reshape(heads, N, D) for x in (q, k, v))
+    for bh in range(heads):
+        for qb in range(nb):
+            rows = slice(qb * BS, (qb + 1) * BS)
+            blocks = indices[offsets[qb]:offsets[qb + 1]]
+            if not blocks:
+                assert (out[bh, rows] == 0).all() and np.isneginf(lse[bh, rows]).all()
+                continue
+            keys = np.concatenate([np.arange(c * BS, (c + 1) * BS) for c in blocks])
+            scores = Q[bh, rows] @ K[bh, keys].T * (scale_log2 / math.log2(math.e))
+            ref_lse = np.log(np.exp(scores - scores.max(1, keepdims=True)).sum(1)) + scores.max(1)
+            ref = np.exp(scores - ref_lse[:, None]) @ V[bh, keys]
+            np.testing.assert_allclose(out[bh, rows], ref, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(lse[bh, rows], ref_lse, rtol=0, atol=1e-12)
+
+
+def test_attention_model_covers_the_dispatch():
+    src = (CUDA_DIR / "block_sparse_attention.cu").read_text()
+    dispatch = src[src.index("cudaError_t dispatch("):]
+    launched = {tuple(int(x) for x in m.split(", ")) for m in
+                re.findall(r"launch<Tag, (\d+, \d+, \d+, \d+)>", dispatch)}
+    assert launched == set(KERNEL_CONFIGS)
 
 
 # =============================================================================================

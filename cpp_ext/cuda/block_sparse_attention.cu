@@ -2,11 +2,13 @@
 // s4d/block_sparse_attention_cuda.h; no PyTorch / TensorRT headers).
 //
 // FlashAttention-2 style, one CTA per (batch_head, query block):
-//   * BM = block_size query rows per CTA (64 or 128), one warp per 16 rows (4 or 8 warps);
-//     each warp keeps its Q fragments (16 x D) in registers for the whole CTA.
-//   * Key/value tiles of BN = 64 rows stream through shared memory with cp.async (sm_80+),
+//   * BM = block_size query rows per CTA (64 or 128); each warp owns MT x 16 of them (MT = 1 or
+//     2, see dispatch() for the per-architecture choice). With MT = 1 a warp keeps its Q
+//     fragments (16 x D) in registers for the whole CTA; with MT = 2 it re-reads them from
+//     shared memory per tile and every K/V fragment feeds 32 rows.
+//   * Key/value tiles of BN = 32 or 64 rows stream through shared memory with cp.async (sm_80+),
 //     double-buffered: while tile j is computed, tile j+1 is in flight. The tile sequence is
-//     the CSR key-block list of the query block (block_size / 64 tiles per key block), so
+//     the CSR key-block list of the query block (block_size / BN tiles per key block), so
 //     blocks that are not listed are never read.
 //   * S = Q K^T and O += P V on tensor cores: mma.sync.m16n8k16 (fp16 or bf16 in, fp32
 //     accumulate), operands fetched with ldmatrix (V with .trans). The S accumulators are
@@ -17,7 +19,9 @@
 //     cp.async stores and ldmatrix loads are bank-conflict free without padding.
 //   * Epilogue: O / l is staged through the warp's own (no longer needed) Q rows in shared
 //     memory and written with coalesced 16-byte stores; lse = ln2 * (m + log2 l).
-// The tensor-core path needs sm_80+; sm_90 uses it as well (no Hopper-only instructions).
+// The tensor-core path needs sm_80+; sm_90 runs it too (no Hopper-only instructions are used).
+// tests/test_cuda_kernels.py holds a NumPy model of this file's index arithmetic (fragment
+// layouts, swizzle, tile schedule); keep the two in step.
 #include <cuda_runtime.h>
 
 #include <stdint.h>

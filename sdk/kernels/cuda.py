@@ -13,9 +13,10 @@ Loading registers ``torch.ops.s4d_cuda.*``:
 * ``marching_cubes_sparse(field, cells, level, box_min, box_max) -> (vertices, faces)``
 
 The attention kernel needs compute capability >= 8.0 (sm_80 tensor-core instructions); marching
-cubes runs on 7.5 too. Nothing here raises at import. :func:`cuda_kernels_available` says whether the ops work here and
-:func:`cuda_kernels_unavailable_reason` why not; the wrappers raise ``RuntimeError`` with that
-reason when called without them.
+cubes runs on 7.5 too. Nothing here raises at import. :func:`cuda_kernels_available` says whether
+the ops work here and :func:`cuda_kernels_unavailable_reason` why not; the wrappers raise
+``RuntimeError`` with that reason when called without them. ``sdk.mcubes`` keeps its placeholder
+``"cuda"`` backend until :func:`register_mcubes_backend` is called.
 
 Environment:
     S4D_CPP_EXT_DIR            where ``cpp_ext`` lives (default: next to the ``sdk`` package)

@@ -6,6 +6,8 @@ in frame-major token order and returns the same shape.  Backends:
 * ``reference`` - dense additive mask, fp32 softmax; O(N^2) memory. The test oracle.
 * ``torch``     - gathers each query block's key blocks (CSR lists); O(nnz) memory; any device.
 * ``cpu``       - the C++ kernel in ``cpp_ext/cpu`` (online softmax, multi-threaded).
+* ``cuda``      - the CUDA kernel in ``cpp_ext/cuda`` (FlashAttention-2 style; fp16/bf16,
+  head dim 64/128, block size 64/128).
 * ``auto``      - ``torch.ops.s4d.block_sparse_attention``: the custom op the model, the
   exporter and ``torch.compile`` see; it runs the fastest implementation for the device.
 """
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 
 from .pattern import PatternError, SparsePattern
 
-BACKENDS = ("auto", "reference", "torch", "cpu")
+BACKENDS = ("auto", "reference", "torch", "cpu", "cuda")
 
 # Cap on the temporary score tensor of the torch-blocked backend (elements, fp32).
 _BLOCKED_SCORE_BUDGET = 1 << 25
@@ -148,7 +150,7 @@ def _block_sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if tokens_per_frame * num_frames != q.shape[2]:
         raise PatternError(f"sequence length {q.shape[2]} is not divisible by num_frames={num_frames}")
     pattern = SparsePattern.for_tokens(num_frames, tokens_per_frame, block_size, tuple(schedule), anchor)
-    return _fastest_backend(q)(q, k, v, pattern, block_size, scale)
+    return _fastest_backend(q, block_size)(q, k, v, pattern, block_size, scale)
 
 
 @_block_sparse_attention_op.register_fake
@@ -156,10 +158,42 @@ def _(q, k, v, num_frames, block_size, schedule, anchor, scale):
     return torch.empty_like(q)
 
 
-def _fastest_backend(q: torch.Tensor):
+def _fastest_backend(q: torch.Tensor, block_size: int):
     if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and _cpu_kernel_ready():
         return _cpu_kernel_attention
+    if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
+            and block_size in (64, 128) and _cuda_kernel_ready()):
+        return _cuda_kernel_attention
     return blocked_block_sparse_attention
+
+
+def _cuda_kernel_ready() -> bool:
+    from ..kernels.cuda import cuda_kernels_available
+
+    return cuda_kernels_available()
+
+
+def _cuda_kernel_attention(q, k, v, pattern: SparsePattern, block_size: int, scale: float | None = None):
+    from ..kernels.cuda import block_sparse_attention_cuda, cuda_kernels_available, cuda_kernels_unavailable_reason
+
+    _check_inputs(q, k, v, pattern, block_size)
+    if not cuda_kernels_available():
+        raise RuntimeError(f"the CUDA kernel is unavailable: {cuda_kernels_unavailable_reason()}")
+    offsets, indices = _device_lists(pattern, q.device)
+    return block_sparse_attention_cuda(q, k, v, offsets, indices, block_size, _default_scale(q, scale),
+                                       check_csr=False)  # lists come from SparsePattern: valid by construction
+
+
+_DEVICE_LISTS: dict[tuple[SparsePattern, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _device_lists(pattern: SparsePattern, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR lists uploaded once per (pattern, device)."""
+    key = (pattern, str(device))
+    if key not in _DEVICE_LISTS:
+        offsets, indices = pattern.kv_block_lists()
+        _DEVICE_LISTS[key] = (offsets.to(device), indices.to(device))
+    return _DEVICE_LISTS[key]
 
 
 def _cpu_kernel_ready() -> bool:
@@ -253,6 +287,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
         return blocked_block_sparse_attention(q, k, v, pattern, block_size, scale)
     if backend == "cpu":
         return _cpu_kernel_attention(q, k, v, pattern, block_size, scale)
+    if backend == "cuda":
+        return _cuda_kernel_attention(q, k, v, pattern, block_size, scale)
     return torch.ops.s4d.block_sparse_attention(q, k, v, pattern.num_frames, block_size,
                                                 list(pattern.schedule), pattern.anchor,
                                                 _default_scale(q, scale))

@@ -17,7 +17,8 @@
  *   c = tokens [c*bs, (c+1)*bs).
  *
  * Supported here: head_dim 64 or 128; block_size 64 or 128; dtype fp16 / bf16 (fp32 softmax and
- * accumulation inside); compute capability >= 8.0 (sm_80 tensor-core path, also used on sm_90).
+ * accumulation inside); compute capability >= 8.0 (sm_80 tensor-core path, also used on sm_90);
+ * seq_len * head_dim < 2^31 (one head's elements) and batch_heads * num_query_blocks < 2^31.
  *
  * The CSR lists live on the device, so s4d_bsa_forward_cuda cannot validate their CONTENTS
  * without a copy: validate a host copy once with s4d_bsa_check_args_cuda (the PyTorch op does
