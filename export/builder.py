@@ -27,12 +27,12 @@ from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import PLUGIN_VERSION
 
-from sdk.runtimes import find_plugin_library
+from sdk.runtimes import ENGINE_FORMAT, ENGINE_MANIFEST, find_plugin_library, gpu_description
 
 from .onnx import ExportError, export_onnx, exporter_fingerprint, load_models
 from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt
 
-MANIFEST = "manifest.json"
+MANIFEST = ENGINE_MANIFEST
 PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 TARGETS = ("tensorrt", "tensorrt-rtx")
 # Fields that decide whether an engine can be reused.
@@ -54,14 +54,9 @@ class BuildReport:
 def target_description(flavour: str) -> str:
     """What an engine targets: the local GPU (name + compute capability) for full TensorRT, or
     TensorRT-RTX's ahead-of-time default targets when built without a GPU."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
-    except Exception:  # no CUDA runtime at all
-        pass
+    gpu = gpu_description()
+    if gpu is not None:
+        return gpu
     if flavour == "tensorrt-rtx":
         return "ahead-of-time (TensorRT-RTX default targets, no GPU at build time)"
     return "unknown GPU"
@@ -84,7 +79,7 @@ def _load_plugin(trt, log: Callable[[str], None]) -> Path | None:
 def read_manifest(engine_dir: Path) -> dict[str, Any]:
     path = Path(engine_dir) / MANIFEST
     if not path.is_file():
-        return {"format": "sculpt4d-engines", "version": 1, "engines": {}}
+        return {"format": ENGINE_FORMAT, "version": 1, "engines": {}}
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from sdk.cli import usage_error
 from sdk.sparse import PRESETS, PatternError
 
 app = typer.Typer(help="Sculpt4D export tools: TensorRT engines, ONNX export and the FLOPs planner.",
@@ -55,8 +56,7 @@ def flops(
         reports = [estimate_flops(num_frames=t, schedule=sched, anchor=not no_anchor, steps=steps,
                                   cfg_batch=1 if no_cfg else 2, tokens_per_frame=tokens) for t in frames]
     except (PatternError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2)
+        usage_error(str(exc))
     if as_json:
         payload = [r.as_dict() for r in reports]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
@@ -91,8 +91,7 @@ def onnx(
         result = export_onnx(checkpoint, output, frames=frames, dtype=dtype, schedule=sched,
                              anchor=False if no_anchor else None, block_size=block_size)
     except (ExportError, CheckpointError, PatternError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2)
+        usage_error(str(exc))
     if as_json:
         typer.echo(json.dumps(result.manifest, indent=2))
     else:
@@ -129,8 +128,7 @@ def build(
                                engine_dir=engine_dir, schedule=sched, anchor=False if no_anchor else None,
                                block_size=block_size, log=lambda m: typer.echo(m, err=True))
     except (ExportError, CheckpointError, PatternError, TensorRTError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2)
+        usage_error(str(exc))
     typer.echo(f"{len(report.built)} built, {len(report.reused)} reused -> {report.engine_dir}")
 
 
@@ -143,8 +141,7 @@ def inspect(engine_dir: Path = typer.Argument(..., help="An engine directory wri
     try:
         typer.echo(describe_engines(engine_dir))
     except TensorRTError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2)
+        usage_error(str(exc))
 
 
 def main() -> None:

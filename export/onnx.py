@@ -39,11 +39,12 @@ from torch import nn
 
 from sdk.atomic import atomic_directory
 from sdk.config import to_dict
+from sdk.runtimes import EXPORT_FORMAT, EXPORT_MANIFEST
 from sdk.sparse import PatternError, SparsePattern, resolve_schedule
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, _padded_lists
 
 OPSET = 20
-MANIFEST = "export.json"
+MANIFEST = EXPORT_MANIFEST
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TWO_GB = 2 * 1024 ** 3
 FILES = {"dit": "dit.onnx", "vae_decoder": "vae_decoder.onnx", "vae_query": "vae_query.onnx",
@@ -309,7 +310,7 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
                            dynamic_shapes=({0: torch.export.Dim("images", min=1, max=64)},))
             files["conditioner"] = out / FILES["conditioner"]
         manifest = {
-            "format": "sculpt4d-onnx", "version": 1, "frames": frames, "dtype": dtype, "opset": OPSET,
+            "format": EXPORT_FORMAT, "version": 1, "frames": frames, "dtype": dtype, "opset": OPSET,
             "schedule": list(temporal.schedule), "anchor": temporal.anchor, "block_size": temporal.block_size,
             "tokens_per_frame": P, "context_tokens": L, "temporal": dit.config.temporal.enabled,
             "block_sparse_node": node_attrs, "source": source_info,

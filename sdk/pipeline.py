@@ -87,23 +87,13 @@ class Generator:
         if backend not in BACKENDS:
             raise GeneratorError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if is_engine_directory(path):
-            if backend not in ("auto", "tensorrt"):
-                raise GeneratorError(f"{path} holds TensorRT engines; it runs with backend='tensorrt'")
-            try:
-                runtime = TensorRTRuntime(path)
-            except BackendError as exc:
-                raise GeneratorError(str(exc)) from None
+            runtime = _open_directory_runtime(TensorRTRuntime, path, backend, "TensorRT engines")
             return cls(runtime, {"name": Path(path).name, "path": str(path)})
         if backend == "tensorrt":
             raise GeneratorError(f"backend 'tensorrt' runs an engine directory; build one with "
                                  f"s4d-export build --frames N --checkpoint {path} --engine-dir DIR, then pass DIR")
         if is_export_directory(path):
-            if backend not in ("auto", "onnxruntime"):
-                raise GeneratorError(f"{path} is an ONNX export; it runs with backend='onnxruntime'")
-            try:
-                runtime = OnnxRuntime(path)
-            except BackendError as exc:
-                raise GeneratorError(str(exc)) from None
+            runtime = _open_directory_runtime(OnnxRuntime, path, backend, "an ONNX export")
             return cls(runtime, {"name": Path(path).name, "path": str(path), **runtime.manifest.get("source", {})})
         if backend == "onnxruntime":
             raise GeneratorError(f"backend 'onnxruntime' runs an ONNX export directory; create one with "
@@ -225,6 +215,16 @@ class Generator:
             stats.append(stat)
             advance()
         return fields, stats
+
+
+def _open_directory_runtime(runtime_cls, path, backend: str, what: str):
+    """A runtime over a directory that fixes its backend (``runtime_cls.name``)."""
+    if backend not in ("auto", runtime_cls.name):
+        raise GeneratorError(f"{path} holds {what}; it runs with backend='{runtime_cls.name}'")
+    try:
+        return runtime_cls(path)
+    except BackendError as exc:
+        raise GeneratorError(str(exc)) from None
 
 
 class _stage:

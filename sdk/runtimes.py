@@ -22,7 +22,8 @@ import torch
 from .config import ConditionerConfig, DiTConfig, VAEConfig, dit_config_from_dict, simple_config_from_dict
 from .models.conditioner import prepare_images
 
-EXPORT_MANIFEST = "export.json"
+EXPORT_MANIFEST = "export.json"  # written by export.onnx
+EXPORT_FORMAT = "sculpt4d-onnx"
 
 
 class BackendError(ValueError):
@@ -142,7 +143,7 @@ def read_export_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BackendError(f"{path}: unreadable export manifest: {exc}") from None
-    if manifest.get("format") != "sculpt4d-onnx":
+    if manifest.get("format") != EXPORT_FORMAT:
         raise BackendError(f"{path}: not a Sculpt4D ONNX export (format={manifest.get('format')!r})")
     return manifest
 
@@ -155,7 +156,20 @@ def is_export_directory(path: str | os.PathLike) -> bool:
 # TensorRT engines (s4d-export build)
 # ======================================================================================
 
-ENGINE_MANIFEST = "manifest.json"
+ENGINE_MANIFEST = "manifest.json"  # written by export.builder
+ENGINE_FORMAT = "sculpt4d-engines"
+
+
+def gpu_description() -> str | None:
+    """``"<name> (sm_XY)"`` of the current CUDA device, or None without one. Engines record it
+    when built and the runtime compares it, so both sides use this one function."""
+    try:
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability()
+        return f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+    except Exception:  # a broken CUDA runtime counts as no GPU
+        return None
 
 
 def is_engine_directory(path: str | os.PathLike) -> bool:
@@ -163,7 +177,7 @@ def is_engine_directory(path: str | os.PathLike) -> bool:
     if not manifest.is_file():
         return False
     try:
-        return json.loads(manifest.read_text()).get("format") == "sculpt4d-engines"
+        return json.loads(manifest.read_text()).get("format") == ENGINE_FORMAT
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -219,8 +233,7 @@ class TensorRTRuntime:
             self.trt = __import__(module)
         except ImportError:
             raise BackendError(f"the engines in {self.directory} need the Python package {module!r}") from None
-        major, minor = torch.cuda.get_device_capability()
-        self.device_desc = f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+        self.device_desc = gpu_description()
         for name, entry in self.entries.items():
             check_engine_entry(entry, name, self.trt.__version__, self.device_desc)
         if any(e.get("plugin_loaded") for e in self.entries.values()):

@@ -516,6 +516,18 @@ def chamfer(a: np.ndarray, b: np.ndarray) -> float:
     return float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
 
 
+def assert_same_surface_as_cpu(field: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> None:
+    """Our marching cubes vs the scikit-image CPU backend on the same field."""
+    cpu = marching_cubes(field, backend="cpu")
+    ours = trimesh.Trimesh(verts, faces, process=False)
+    assert ours.is_watertight and ours.is_winding_consistent
+    assert abs(len(verts) - len(cpu.vertices)) <= 0.001 * len(cpu.vertices)
+    assert chamfer(verts, cpu.vertices) < 1e-5
+    # same vertices; triangulations differ on some cells (diagonal choice), hence not exact
+    assert ours.volume == pytest.approx(cpu.volume, rel=1e-3)
+    assert np.allclose(ours.bounds, cpu.bounds, atol=1e-5)  # same world-box placement
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_tables_watertight_on_random_noise(seed):
     verts, faces = numpy_mc(random_noise_field(12, seed))
@@ -560,14 +572,7 @@ def test_host_mc_agrees_with_scikit_image(host_lib, name):
     R = 64
     field = FIELDS[name](R)
     verts, faces = host_mc(host_lib, field)
-    cpu = marching_cubes(field, backend="cpu")
-    ours = trimesh.Trimesh(verts, faces, process=False)
-    assert ours.is_watertight and ours.is_winding_consistent
-    assert abs(len(verts) - len(cpu.vertices)) <= 0.001 * len(cpu.vertices)
-    assert chamfer(verts, cpu.vertices) < 1e-5
-    # same vertices; triangulations differ on some cells (diagonal choice), hence not exact
-    assert ours.volume == pytest.approx(cpu.volume, rel=1e-3)
-    assert np.allclose(ours.bounds, cpu.bounds, atol=1e-5)  # same world-box placement
+    assert_same_surface_as_cpu(field, verts, faces)
 
 
 def test_host_mc_nonfinite_samples_are_outside(host_lib):
@@ -1011,14 +1016,7 @@ def test_gpu_mc_agrees_with_cpu_backend(name):
     field = FIELDS[name](R)
     verts, faces = marching_cubes_cuda(torch.from_numpy(field).cuda())
     verts, faces = verts.cpu().numpy(), faces.cpu().numpy()
-    cpu = marching_cubes(field, backend="cpu")
-    ours = trimesh.Trimesh(verts, faces, process=False)
-    assert ours.is_watertight and ours.is_winding_consistent
-    assert abs(len(verts) - len(cpu.vertices)) <= 0.001 * len(cpu.vertices)
-    assert chamfer(verts, cpu.vertices) < 1e-5
-    # same vertices; triangulations differ on some cells (diagonal choice), hence not exact
-    assert ours.volume == pytest.approx(cpu.volume, rel=1e-3)
-    assert np.allclose(ours.bounds, cpu.bounds, atol=1e-5)
+    assert_same_surface_as_cpu(field, verts, faces)
 
 
 @needs_gpu

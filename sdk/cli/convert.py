@@ -17,6 +17,8 @@ from typing import List, Optional
 
 import typer
 
+from . import usage_error
+
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -107,20 +109,20 @@ def convert(
     from ..video import MATTING_METHODS
 
     if skip_existing and overwrite:
-        _usage_error("--skip-existing and --overwrite exclude each other")
+        usage_error("--skip-existing and --overwrite exclude each other")
     for option, value, allowed in (("--decode", decode, DECODE_METHODS), ("--noise", noise, NOISE_MODES),
                                    ("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
         if value not in allowed:
-            _usage_error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+            usage_error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
     for option, value, low in (("--frames", frames, 1), ("--steps", steps, 1), ("--resolution", resolution, 8)):
         if value < low:
-            _usage_error(f"{option} must be >= {low}, got {value}")
+            usage_error(f"{option} must be >= {low}, got {value}")
     try:
         formats = _check_formats(formats)
     except ValueError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     if model is None:
-        _usage_error(default_generator_unavailable())
+        usage_error(default_generator_unavailable())
     try:
         import warnings
 
@@ -130,10 +132,10 @@ def convert(
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
     except Exception as exc:  # any failure to load the model is a bad --model / --backend choice
-        _usage_error(f"cannot load model {model!r}: {exc}")
+        usage_error(f"cannot load model {model!r}: {exc}")
     fixed = generator.runtime.fixed_frames
     if fixed is not None and fixed != frames:
-        _usage_error(f"model {model!r} was exported for {fixed} frames; pass --frames {fixed} or export another")
+        usage_error(f"model {model!r} was exported for {fixed} frames; pass --frames {fixed} or export another")
 
     items = expand_inputs(inputs)
     reporter = None
@@ -196,11 +198,6 @@ def _report(item: Item, as_json: bool) -> None:
     else:
         line = f"FAILED  {item.input}: {item.error}"
     typer.echo(line, err=True)
-
-
-def _usage_error(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import typer
 
-MESH_FORMATS = ("glb", "obj", "ply")  # preference order when a frame exists in several
-_FRAME_RE = re.compile(r"^frame_(\d+)\.(glb|obj|ply)$", re.IGNORECASE)
+from ..meshseq import MESH_FORMATS  # also the preference order when a frame exists in several
+from . import usage_error
+
+_FRAME_RE = re.compile(r"^frame_(\d+)\.(" + "|".join(MESH_FORMATS) + r")$", re.IGNORECASE)
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
@@ -122,11 +124,11 @@ def evaluate(
 
     for option, value, low in (("--points", points, 1), ("--iou-resolution", iou_resolution, 1)):
         if value < low:
-            _usage_error(f"{option} must be >= {low}, got {value}")
+            usage_error(f"{option} must be >= {low}, got {value}")
     if not (threshold > 0 and math.isfinite(threshold)):
-        _usage_error(f"--threshold must be a positive number, got {threshold}")
+        usage_error(f"--threshold must be a positive number, got {threshold}")
     if (per_frame or with_scale) and not register:
-        _usage_error("--per-frame-registration and --scale need --register")
+        usage_error("--per-frame-registration and --scale need --register")
     try:
         pred, gt = find_frames(pred_dir), find_frames(gt_dir)
         indices = match_frames(pred, gt)
@@ -137,18 +139,13 @@ def evaluate(
                                    n_points=points, seed=seed, threshold=threshold,
                                    iou_resolution=iou_resolution, with_scale=with_scale, frame_indices=indices)
     except (InputError, ValueError) as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
     result["pred_dir"], result["gt_dir"] = str(pred_dir), str(gt_dir)
     if as_json:
         typer.echo(json.dumps(_finite_or_none(result), indent=2))
     else:
         typer.echo(format_table(result))
     raise typer.Exit(code=0)
-
-
-def _usage_error(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def main() -> None:

@@ -65,6 +65,16 @@ int load(const s4d_plugin_attrs* attrs, core::Attributes* out, char* err, size_t
   return S4D_PLUGIN_OK;
 }
 
+// The CSR key-block lists of validated attributes, or an error code.
+int load_csr(const s4d_plugin_attrs* attrs, core::Csr* csr, char* err, size_t cap) {
+  core::Attributes a;
+  int rc = load(attrs, &a, err, cap);
+  if (rc != S4D_PLUGIN_OK) return rc;
+  std::string e;
+  if (!core::build_csr(a, csr, &e)) return report(err, cap, S4D_PLUGIN_ERR_INVALID, e);
+  return S4D_PLUGIN_OK;
+}
+
 const core::FieldSpec* spec_at(int index) {
   const auto& specs = core::field_specs();
   if (index < 0 || static_cast<size_t>(index) >= specs.size()) return nullptr;
@@ -148,12 +158,9 @@ int s4d_plugin_core_validate(const s4d_plugin_attrs* attrs, char* err, size_t er
 int s4d_plugin_core_csr_size(const s4d_plugin_attrs* attrs, int64_t* rows, int64_t* nnz, char* err,
                              size_t err_cap) {
   return guarded(err, err_cap, [&]() {
-    core::Attributes a;
-    int rc = load(attrs, &a, err, err_cap);
-    if (rc != S4D_PLUGIN_OK) return rc;
     core::Csr csr;
-    std::string e;
-    if (!core::build_csr(a, &csr, &e)) return report(err, err_cap, S4D_PLUGIN_ERR_INVALID, e);
+    int rc = load_csr(attrs, &csr, err, err_cap);
+    if (rc != S4D_PLUGIN_OK) return rc;
     if (rows) *rows = csr.rows();
     if (nnz) *nnz = csr.nnz();
     return ok(err, err_cap);
@@ -163,12 +170,9 @@ int s4d_plugin_core_csr_size(const s4d_plugin_attrs* attrs, int64_t* rows, int64
 int s4d_plugin_core_build_csr(const s4d_plugin_attrs* attrs, int32_t* offsets, int64_t offsets_cap,
                               int32_t* indices, int64_t indices_cap, char* err, size_t err_cap) {
   return guarded(err, err_cap, [&]() {
-    core::Attributes a;
-    int rc = load(attrs, &a, err, err_cap);
-    if (rc != S4D_PLUGIN_OK) return rc;
     core::Csr csr;
-    std::string e;
-    if (!core::build_csr(a, &csr, &e)) return report(err, err_cap, S4D_PLUGIN_ERR_INVALID, e);
+    int rc = load_csr(attrs, &csr, err, err_cap);
+    if (rc != S4D_PLUGIN_OK) return rc;
     if (offsets == nullptr || (csr.nnz() > 0 && indices == nullptr))
       return report(err, err_cap, S4D_PLUGIN_ERR_NULL, "offsets / indices buffer is NULL");
     if (offsets_cap < csr.rows() + 1 || indices_cap < csr.nnz())
