@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import av
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -30,21 +29,14 @@ def render(i: int, n: int, size: int) -> np.ndarray:
 
 
 def main() -> None:
+    from sdk.video import write_video
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="examples/data/bouncing_box.mp4")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
-    with av.open(args.out, "w") as container:
-        stream = container.add_stream("libx264", rate=12, options={"crf": "18"})
-        stream.width = stream.height = args.size
-        stream.pix_fmt = "yuv420p"
-        for i in range(args.frames):
-            frame = av.VideoFrame.from_ndarray(render(i, args.frames, args.size), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video([render(i, args.frames, args.size) for i in range(args.frames)], args.out, fps=12)
     print(f"wrote {args.out}")
 
 

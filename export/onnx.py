@@ -343,7 +343,8 @@ def _export_settings(dit: nn.Module, temporal):
 
 
 def load_models(source: str | os.PathLike):
-    """(dit, vae, conditioner, source info) from a checkpoint path or ``"tiny"``."""
+    """(dit, vae, conditioner, source info) from a checkpoint path, ``"default"`` (the embedded
+    demo model) or ``"tiny"``."""
     from sdk.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint, state_dict_hash
 
     if str(source) in ("tiny", "tiny-random"):
@@ -353,11 +354,16 @@ def load_models(source: str | os.PathLike):
         info = {"name": "tiny-random", "seed": 0}
         dit, vae, cond = gen.dit, gen.vae, gen.conditioner
     else:
-        ckpt = load_checkpoint(source)
+        from sdk.pipeline import resolve_model_path
+
+        ckpt = load_checkpoint(resolve_model_path(source))
         if ckpt.vae is None or ckpt.conditioner is None:
             raise ExportError(f"{ckpt.source}: export needs DiT, VAE and conditioner weights")
         dit, vae, cond = build_dit(ckpt), build_vae(ckpt), build_conditioner(ckpt)
-        info = {"name": Path(ckpt.source).name, "path": str(ckpt.source), "layout": ckpt.layout}
+        info = {"name": ckpt.metadata.get("name", Path(ckpt.source).name), "path": str(ckpt.source),
+                "layout": ckpt.layout}
+        if "defaults" in ckpt.metadata:  # run settings travel with the model into exports and engines
+            info["defaults"] = ckpt.metadata["defaults"]
     for part, model in (("dit", dit), ("vae", vae), ("conditioner", cond)):
         info[f"{part}_hash"] = state_dict_hash(model.state_dict())
     return dit, vae, cond, info

@@ -13,6 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+# Read once at import (os.umask can only be read by setting it, which is process-wide).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
@@ -24,6 +28,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
         raise exists_error(f"{target} already exists (pass overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the result is an ordinary directory
     try:
         yield tmp
         if target.exists():
@@ -45,15 +50,26 @@ def _refuse_dangerous_target(target: Path) -> None:
         raise ValueError(f"refusing to replace {resolved}: it is the current directory or one of its parents")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path (same directory, same suffix) renamed to ``path`` on success."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.partial-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)

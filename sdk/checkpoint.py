@@ -342,14 +342,19 @@ def build_dit(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch
     """The ``Sculpt4DDiT`` of a checkpoint. Without temporal weights the model runs in per-frame
     Hunyuan3D mode (temporal module off) and one ``PerFrameModeWarning`` says so.
 
-    ``temporal`` overrides the schedule/anchor/block size/backend (not whether weights exist).
+    ``temporal`` overrides the schedule/anchor/block size/backend; ``enabled=False`` runs a 4D
+    checkpoint per frame (its temporal weights are left out: the paper's per-frame ablation).
+    It cannot enable a module whose weights do not exist.
     """
     from .models.dit import Sculpt4DDiT
 
     cfg = ckpt.dit_config
-    partial = [k for k in ckpt.dit if _is_temporal_key(k)]
+    state = ckpt.dit
+    partial = [k for k in state if _is_temporal_key(k)]
     if temporal is not None:
-        cfg = dataclasses.replace(cfg, temporal=dataclasses.replace(temporal, enabled=bool(partial)))
+        cfg = dataclasses.replace(cfg, temporal=dataclasses.replace(temporal, enabled=bool(partial) and temporal.enabled))
+        if partial and not temporal.enabled:
+            state = {k: v for k, v in state.items() if not _is_temporal_key(k)}
     if not partial:
         warnings.warn(f"{ckpt.source}: no temporal weights (blocks.N.temporal_*): running in per-frame "
                       "Hunyuan3D mode - every frame is generated independently.", PerFrameModeWarning,
@@ -359,9 +364,9 @@ def build_dit(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch
     # the DiT has no buffers, so every tensor is overwritten by load_state_dict.
     with torch.device("meta"):
         model = Sculpt4DDiT(cfg)
-    check_state_dict(model, ckpt.dit, ckpt.source, "dit")
+    check_state_dict(model, state, ckpt.source, "dit")
     model = model.to_empty(device=device)
-    model.load_state_dict({k: v for k, v in ckpt.dit.items()}, strict=True)
+    model.load_state_dict(dict(state), strict=True)
     return model.to(dtype=dtype).eval()
 
 

@@ -110,6 +110,15 @@ class DiTConfig:
                    temporal=TemporalConfig(block_size=16))
         return dataclasses.replace(base, **overrides)
 
+    @classmethod
+    def demo(cls, **overrides: Any) -> "DiTConfig":
+        """The embedded demo model (``Generator.default()``): 128 latents per frame in 4 temporal
+        blocks of 32, so the block-sparse schedule still has strides to skip."""
+        base = cls(input_size=128, in_channels=8, hidden_size=128, context_dim=192, depth=7,
+                   num_heads=4, num_moe_layers=2, num_experts=4, moe_top_k=2,
+                   temporal=TemporalConfig(block_size=32))
+        return dataclasses.replace(base, **overrides)
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -159,6 +168,15 @@ class VAEConfig:
                    num_freqs=4)
         return dataclasses.replace(base, **overrides)
 
+    @classmethod
+    def demo(cls, **overrides: Any) -> "VAEConfig":
+        """The embedded demo model's VAE. 1536 uniform + 512 sharp-edge points give integer
+        latent shares (96 + 32), so FPS yields exactly ``num_latents`` queries."""
+        base = cls(num_latents=128, embed_dim=8, width=128, heads=4, num_decoder_layers=3,
+                   num_encoder_layers=1, pc_size=1536, pc_sharpedge_size=512, downsample_ratio=8,
+                   num_freqs=8)
+        return dataclasses.replace(base, **overrides)
+
 
 @dataclass(frozen=True)
 class ConditionerConfig:
@@ -187,6 +205,13 @@ class ConditionerConfig:
         # head dim 64 like every DINOv2, so configs inferred from weights (heads = width / 64) round-trip
         base = cls(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
                    image_size=56)
+        return dataclasses.replace(base, **overrides)
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> "ConditionerConfig":
+        """The embedded demo model's image encoder: 112 px images, 8 x 8 patches + CLS."""
+        base = cls(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, patch_size=14,
+                   image_size=112)
         return dataclasses.replace(base, **overrides)
 
 

@@ -5,6 +5,7 @@ Output directory layout (``MeshSequence.save``)::
     frame_0000.glb ...           one mesh per sampled frame, in every requested format (glb, obj, ply)
     sequence.usda                time-sampled points + topology (formats containing "usd")
     conditioning/cond_0000.png   the preprocessed conditioning images
+    contact_sheet.png            a few frames: conditioning image above, rendered mesh below
     manifest.json                frames, times, seed, model, settings, timings, versions, files
 
 Everything is written into a temporary directory beside the target and renamed into place at
@@ -73,8 +74,10 @@ class MeshSequence:
             "files": sorted(files),
         }
 
-    def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("glb",), overwrite: bool = False) -> Path:
-        """Write the sequence to ``directory`` atomically; returns the directory."""
+    def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("glb",), overwrite: bool = False,
+             contact_sheet: bool = True) -> Path:
+        """Write the sequence to ``directory`` atomically; returns the directory. ``contact_sheet``
+        adds ``contact_sheet.png`` (a few frames rendered; seconds for million-face meshes)."""
         formats = _check_formats(formats)
         target = Path(directory)
         with atomic_directory(target, overwrite, exists_error=OutputExistsError) as tmp:
@@ -98,6 +101,18 @@ class MeshSequence:
                     name = f"conditioning/cond_{i:04d}.png"
                     Image.fromarray(img).save(tmp / name)
                     files.append(name)
+            if contact_sheet and any(len(m.faces) for m in self.meshes):
+                try:
+                    from PIL import Image
+
+                    from .data.render import contact_sheet as render_sheet
+
+                    Image.fromarray(render_sheet(self.meshes, self.conditioning_images)).save(tmp / "contact_sheet.png")
+                    files.append("contact_sheet.png")
+                except Exception as exc:  # a preview must never cost the user the meshes
+                    import warnings
+
+                    warnings.warn(f"contact sheet not written: {type(exc).__name__}: {exc}", stacklevel=2)
             (tmp / "manifest.json").write_text(json.dumps(self.manifest(files + ["manifest.json"]), indent=2))
         return target
 

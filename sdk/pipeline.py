@@ -12,6 +12,7 @@ fixed world box) and ``mesh`` (marching cubes).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -29,6 +30,38 @@ from .sampling import NOISE_MODES, SamplerSettings, sample_flow
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DECODE_METHODS = ("hierarchical", "dense")
 TINY_RANDOM = "tiny-random"
+DEFAULT_MODEL = "default"  # the embedded demo model, see Generator.default()
+# Run settings when neither the caller nor the model's own "defaults" metadata give one.
+RUN_DEFAULTS = {"num_frames": 16, "steps": 50, "guidance": 5.0, "resolution": 256, "matting": "auto"}
+
+
+def default_model_path() -> Path:
+    """Where the embedded demo checkpoint lives inside the installed package."""
+    return Path(__file__).resolve().parent / "weights" / "demo"
+
+
+def resolve_model_path(path: str | os.PathLike) -> str | os.PathLike:
+    """``"default"`` -> the embedded demo checkpoint's directory; anything else unchanged."""
+    if str(path) != DEFAULT_MODEL:
+        return path
+    root = default_model_path()
+    if not (root / "sculpt4d.json").is_file():
+        raise GeneratorError(f"the embedded demo model is missing from this installation ({root}); "
+                             "reinstall the package or train it with examples/train_demo/train.py all")
+    return root
+
+
+def check_run_settings(num_frames: Any, steps: Any, guidance: Any, resolution: Any, matting: Any = "auto") -> None:
+    """Raise ``GeneratorError`` naming the first run setting that is not usable."""
+    from .video import MATTING_METHODS
+
+    for name, value, low in (("num_frames", num_frames, 1), ("steps", steps, 1), ("resolution", resolution, 8)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise GeneratorError(f"{name} must be an integer >= {low}, got {value!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise GeneratorError(f"guidance must be a finite number, got {guidance!r}")
+    if not isinstance(matting, str) or matting.lower() not in MATTING_METHODS + ("border-key",):
+        raise GeneratorError(f"matting must be one of {', '.join(MATTING_METHODS)}, got {matting!r}")
 
 
 class GeneratorError(ValueError):
@@ -79,16 +112,19 @@ class Generator:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
                         dtype: torch.dtype | None = None, temporal: TemporalConfig | None = None) -> "Generator":
-        """Load a checkpoint (any layout of ``sdk.checkpoint``) or ``"tiny-random"``.
+        """Load a checkpoint (any layout of ``sdk.checkpoint``), an ONNX export or TensorRT engine
+        directory, ``"default"`` (the embedded demo model) or ``"tiny-random"``.
 
         ``device`` defaults to CUDA when available; ``dtype`` to fp16 on CUDA, fp32 on CPU.
         ``temporal`` overrides the schedule / anchor / block size / attention backend.
         """
         if backend not in BACKENDS:
             raise GeneratorError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        path = resolve_model_path(path)
         if is_engine_directory(path):
             runtime = _open_directory_runtime(TensorRTRuntime, path, backend, "TensorRT engines")
-            return cls(runtime, {"name": Path(path).name, "path": str(path)})
+            source = next(iter(runtime.entries.values()), {}).get("source") or {}
+            return cls(runtime, {"name": Path(path).name, "path": str(path), **source})
         if backend == "tensorrt":
             raise GeneratorError(f"backend 'tensorrt' runs an engine directory; build one with "
                                  f"s4d-export build --frames N --checkpoint {path} --engine-dir DIR, then pass DIR")
@@ -110,10 +146,35 @@ class Generator:
             raise GeneratorError(f"{ckpt.source}: the pipeline needs DiT, VAE and conditioner weights; "
                                  f"missing part(s): {', '.join(missing)}")
         stat = Path(ckpt.source).stat()
+        dit = build_dit(ckpt, temporal=temporal)
         info = {"name": Path(ckpt.source).name, "path": str(ckpt.source), "layout": ckpt.layout,
-                "bytes": stat.st_size, "temporal": ckpt.has_temporal, **ckpt.metadata}
-        return cls.from_modules(build_dit(ckpt, temporal=temporal), build_vae(ckpt), build_conditioner(ckpt),
-                                device=device, dtype=dtype, model_info=info)
+                "bytes": stat.st_size, **ckpt.metadata, "temporal": dit.has_temporal}
+        return cls.from_modules(dit, build_vae(ckpt), build_conditioner(ckpt), device=device, dtype=dtype,
+                                model_info=info)
+
+    @classmethod
+    def default(cls, device: str | None = None, temporal: TemporalConfig | None = None) -> "Generator":
+        """The embedded demo model: a small Sculpt4D trained on synthetic 4D primitives
+        (``examples/train_demo``). It carries its own run defaults (frames, steps, guidance,
+        resolution), chosen so a 16-frame clip converts in well under two minutes on two CPU
+        cores. It knows only its training world: coloured primitives on a plain background."""
+        return cls.from_pretrained(DEFAULT_MODEL, backend="torch", device=device, temporal=temporal)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Run settings used when a call leaves them out: an exported model's fixed frame count,
+        then the model's own (checkpoint metadata ``defaults``), then ``RUN_DEFAULTS``."""
+        own = self.model_info.get("defaults") or {}
+        if not isinstance(own, dict):
+            raise GeneratorError(f"model metadata 'defaults' must be a mapping, got {own!r}")
+        values = {k: own.get(k, v) for k, v in RUN_DEFAULTS.items()}
+        if self.runtime.fixed_frames is not None:
+            values["num_frames"] = self.runtime.fixed_frames
+        try:
+            check_run_settings(**values)
+        except GeneratorError as exc:
+            raise GeneratorError(f"the model's default run settings are unusable: {exc}") from None
+        return values
 
     @classmethod
     def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "Generator":
@@ -133,17 +194,26 @@ class Generator:
     # ----------------------------------------------------------------------------------
     # running
     # ----------------------------------------------------------------------------------
-    def __call__(self, video: Any, num_frames: int = 16, steps: int = 50, guidance: float = 5.0, seed: int = 0,
-                 resolution: int = 256, decode: str = "hierarchical", noise: str = "shared", matting: str = "auto",
+    def __call__(self, video: Any, num_frames: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, resolution: int | None = None,
+                 decode: str = "hierarchical", noise: str = "shared", matting: str | None = None,
                  start: float | None = None, end: float | None = None,
                  progress: "bool | ProgressReporter | None" = False):
+        """Video (file, frame directory, or list of frames) -> ``MeshSequence``. Settings left as
+        ``None`` come from :attr:`defaults`."""
         from .meshseq import MeshSequence
         from .video import load_frames, prepare_sequence
 
+        defaults = self.defaults
+        num_frames = defaults["num_frames"] if num_frames is None else num_frames
+        steps = defaults["steps"] if steps is None else steps
+        guidance = defaults["guidance"] if guidance is None else guidance
+        resolution = defaults["resolution"] if resolution is None else resolution
+        matting = defaults["matting"] if matting is None else matting
+        check_run_settings(num_frames, steps, guidance, resolution, matting)
+
         if decode not in DECODE_METHODS:
             raise GeneratorError(f"decode must be one of {DECODE_METHODS}, got {decode!r}")
-        if resolution < 8:
-            raise GeneratorError(f"resolution must be >= 8, got {resolution}")
         if noise not in NOISE_MODES:
             raise GeneratorError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         sampler = SamplerSettings(steps=steps, guidance=guidance, noise=noise, seed=seed)
@@ -243,9 +313,5 @@ class _stage:
         self.reporter.finish(self.name)
 
 
-def default_generator_unavailable() -> str:
-    return ("no trained default model ships with this release yet; pass a checkpoint with --model PATH, "
-            f"or --model {TINY_RANDOM} for a smoke test with random weights")
-
-
-__all__ = ["Generator", "GeneratorError", "TINY_RANDOM"]
+__all__ = ["DEFAULT_MODEL", "Generator", "GeneratorError", "TINY_RANDOM", "check_run_settings", "default_model_path",
+           "resolve_model_path"]

@@ -690,3 +690,28 @@ def save_conditioning_images(prepared: PreparedSequence | torch.Tensor,
         Image.fromarray(np.ascontiguousarray(arr)).save(p)
         paths.append(p)
     return paths
+
+
+def write_video(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 12, crf: int = 18) -> Path:
+    """Encode RGB uint8 frames ``[H, W, 3]`` (even H and W) as an H.264 mp4, atomically."""
+    import av
+
+    from .atomic import atomic_file
+
+    frames = [np.ascontiguousarray(np.asarray(f)[..., :3], dtype=np.uint8) for f in frames]
+    if not frames:
+        raise InputError("write_video needs at least one frame")
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2 or any(f.shape[:2] != (h, w) for f in frames):
+        raise InputError(f"write_video needs frames of one even size; got {sorted({f.shape[:2] for f in frames})}")
+    path = Path(path)
+    with atomic_file(path, overwrite=True) as tmp:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    return path

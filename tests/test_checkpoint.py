@@ -50,6 +50,22 @@ def test_sculpt4d_layout_round_trip(tmp_path):
         save_checkpoint(path, dit)
 
 
+def test_temporal_override_can_run_a_4d_checkpoint_per_frame(tmp_path):
+    dit = random_dit()
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "ckpt", dit))
+    per_frame = build_dit(ckpt, temporal=TemporalConfig(enabled=False, block_size=16))
+    assert not per_frame.has_temporal
+    # Reference: the same weights with the temporal modules removed by hand.
+    cfg = DiTConfig.tiny(temporal=TemporalConfig(enabled=False))
+    ref = Sculpt4DDiT(cfg).eval()
+    ref.load_state_dict({k: v for k, v in dit.state_dict().items() if ".temporal_" not in k})
+    x = dit_inputs(dit.config)
+    assert torch.equal(per_frame(*x), ref(*x))
+    assert not torch.equal(per_frame(*x), dit(*x))  # the random temporal path did contribute
+    full = build_dit(ckpt, temporal=TemporalConfig(schedule="full", block_size=16))
+    assert full.has_temporal and full.config.temporal.schedule == (1,)
+
+
 @pytest.mark.parametrize("layout", ["hunyuan-ckpt", "hunyuan-safetensors"])
 @pytest.mark.parametrize("with_temporal", [True, False])
 def test_official_layouts_round_trip(tmp_path, layout, with_temporal):

@@ -96,6 +96,7 @@ def test_convert_cli_end_to_end(tmp_path):
         assert key in manifest
     assert manifest["model"]["name"] == "tiny-random" and manifest["settings"]["steps"] == 2
     assert len(list((result / "conditioning").glob("*.png"))) == 4
+    assert "contact_sheet.png" in manifest["files"] and (result / "contact_sheet.png").stat().st_size > 0
 
 
 def test_convert_cli_bad_inputs_do_not_stop_the_batch(tmp_path):
@@ -138,10 +139,15 @@ def test_convert_cli_unwritable_output(tmp_path):
     assert res.exit_code == 1 and "FAILED" in res.output
 
 
-def test_convert_cli_usage_errors(tmp_path):
+def test_convert_cli_usage_errors(tmp_path, monkeypatch):
     runner = CliRunner()
+    import sdk.pipeline
+
+    # No --model means the embedded demo model; a broken installation without it is a clear usage error.
+    monkeypatch.setattr(sdk.pipeline, "default_model_path", lambda: tmp_path / "missing")
     res = runner.invoke(app, [str(tmp_path), "-o", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "--model" in res.output
+    assert res.exit_code == 2 and "embedded demo model is missing" in res.output
+    monkeypatch.undo()
     res = runner.invoke(app, [str(tmp_path), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "cannot load model" in res.output
     res = runner.invoke(app, ["x.mp4", "-o", "o", "--model", "tiny-random", "--format", "fbx"])

@@ -77,12 +77,16 @@ def convert(
     inputs: List[str] = typer.Argument(..., help="Video files, globs, directories of videos, or directories of "
                                                  "frames (png/jpg/webp)."),
     outdir: Path = typer.Option(..., "--output", "-o", help="Output directory; each input writes OUTDIR/<name>/."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint file/directory, or 'tiny-random' "
-                                                                    "(random weights, for smoke tests)."),
-    frames: int = typer.Option(16, "--frames", "-n", help="Frames sampled evenly over the video."),
-    steps: int = typer.Option(50, help="Flow-matching sampler steps."),
-    guidance: float = typer.Option(5.0, help="Classifier-free guidance scale (1 disables CFG)."),
-    resolution: int = typer.Option(256, help="Marching-cubes grid resolution R (256 fast, 384 quality)."),
+    model: str = typer.Option("default", "--model", "-m", help="Checkpoint file/directory, an s4d-export "
+                              "directory, 'default' (the embedded demo model trained on synthetic primitives) "
+                              "or 'tiny-random' (random weights, for smoke tests)."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Frames sampled evenly over the video "
+                                         "[default: the model's, else 16]."),
+    steps: Optional[int] = typer.Option(None, help="Flow-matching sampler steps [default: the model's, else 50]."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale, 1 disables CFG "
+                                             "[default: the model's, else 5.0]."),
+    resolution: Optional[int] = typer.Option(None, help="Marching-cubes grid resolution R, 256 fast, 384 quality "
+                                             "[default: the model's, else 256]."),
     seed: int = typer.Option(0, help="Random seed of the initial noise."),
     formats: List[str] = typer.Option(["glb"], "--format", "-f", help="Mesh formats, repeatable: glb, obj, ply, "
                                                                        "usd/usda, usdc."),
@@ -90,8 +94,9 @@ def convert(
                                              "(an s4d-export onnx directory), tensorrt (an s4d-export build "
                                              "directory; needs a GPU)."),
     device: Optional[str] = typer.Option(None, help="Device, e.g. cpu or cuda:0 (default: cuda if available)."),
-    matting: str = typer.Option("auto", help="Background removal: auto (alpha, else rembg if its model is on "
-                                             "disk, else border-colour key), border, rembg, none."),
+    matting: Optional[str] = typer.Option(None, help="Background removal: auto (alpha, else rembg if its model "
+                                          "is on disk, else border-colour key), border, rembg, none "
+                                          "[default: the model's, else auto]."),
     decode: str = typer.Option("hierarchical", help="Field decoding: hierarchical or dense."),
     noise: str = typer.Option("shared", help="Initial noise: shared (one tensor for all frames) or independent."),
     start: Optional[float] = typer.Option(None, help="Start time in seconds (videos)."),
@@ -102,7 +107,7 @@ def convert(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from ..meshseq import _check_formats
-    from ..pipeline import Generator, default_generator_unavailable
+    from ..pipeline import Generator, GeneratorError, check_run_settings
 
     from ..pipeline import BACKENDS, DECODE_METHODS
     from ..sampling import NOISE_MODES
@@ -112,17 +117,15 @@ def convert(
         usage_error("--skip-existing and --overwrite exclude each other")
     for option, value, allowed in (("--decode", decode, DECODE_METHODS), ("--noise", noise, NOISE_MODES),
                                    ("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
-        if value not in allowed:
+        if value is not None and value not in allowed:
             usage_error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
     for option, value, low in (("--frames", frames, 1), ("--steps", steps, 1), ("--resolution", resolution, 8)):
-        if value < low:
+        if value is not None and value < low:
             usage_error(f"{option} must be >= {low}, got {value}")
     try:
         formats = _check_formats(formats)
     except ValueError as exc:
         usage_error(str(exc))
-    if model is None:
-        usage_error(default_generator_unavailable())
     try:
         import warnings
 
@@ -133,6 +136,15 @@ def convert(
             typer.echo(f"warning: {w.message}", err=True)
     except Exception as exc:  # any failure to load the model is a bad --model / --backend choice
         usage_error(f"cannot load model {model!r}: {exc}")
+    try:  # options left out take the model's own defaults; check the resolved values once
+        defaults = generator.defaults
+        frames, steps, guidance, resolution, matting = (
+            defaults[key] if value is None else value
+            for key, value in (("num_frames", frames), ("steps", steps), ("guidance", guidance),
+                               ("resolution", resolution), ("matting", matting)))
+        check_run_settings(frames, steps, guidance, resolution, matting)
+    except GeneratorError as exc:
+        usage_error(str(exc).replace("num_frames", "--frames"))
     fixed = generator.runtime.fixed_frames
     if fixed is not None and fixed != frames:
         usage_error(f"model {model!r} was exported for {fixed} frames; pass --frames {fixed} or export another")

@@ -479,12 +479,16 @@ class ShapeVAE(nn.Module):
         """
         if selection is None:
             selection = self.encoder.select_points(surface, generator)
-        moments = self.pre_kl(self.encoder(surface, selection))
-        mean, logvar = moments.chunk(2, dim=-1)
+        mean, logvar = self.posterior(surface, selection)
         if not sample_posterior:
             return mean
-        logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         if noise is None:
             noise = torch.randn(mean.shape, generator=generator,
                                 device=_generator_device(generator, mean.device))
         return mean + torch.exp(0.5 * logvar) * noise.to(device=mean.device, dtype=mean.dtype)
+
+    def posterior(self, surface: Tensor, selection: PointSelection) -> tuple[Tensor, Tensor]:
+        """Mean and clamped log-variance ``[B, num_latents, embed_dim]`` of the diagonal Gaussian
+        posterior (training needs both for the KL term)."""
+        mean, logvar = self.pre_kl(self.encoder(surface, selection)).chunk(2, dim=-1)
+        return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
