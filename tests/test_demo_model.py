@@ -88,3 +88,13 @@ def test_convert_without_model_uses_the_demo(tmp_path):
     assert manifest["model"]["name"] == "sculpt4d-demo"
     assert (result / "contact_sheet.png").stat().st_size > 0
     assert all(m["faces"] > 0 for m in manifest["meshes"])
+
+
+def test_exports_carry_the_demo_defaults():
+    pytest.importorskip("onnx")
+    from export.onnx import load_models
+
+    dit, vae, cond, info = load_models("default")
+    manifest = json.loads((default_model_path() / "sculpt4d.json").read_text())
+    assert info["name"] == "sculpt4d-demo" and info["defaults"] == manifest["metadata"]["defaults"]
+    assert dit.config == DiTConfig.demo() and info["dit_hash"]
