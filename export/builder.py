@@ -25,12 +25,12 @@ from typing import Any, Callable, Sequence
 
 from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
-from sdk.sparse.attention import PLUGIN_VERSION
+from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 
 from sdk.runtimes import ENGINE_FORMAT, ENGINE_MANIFEST, find_plugin_library, gpu_description
 
 from .onnx import ExportError, export_onnx, exporter_fingerprint, load_models
-from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt
+from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt, plugin_rejection
 
 MANIFEST = ENGINE_MANIFEST
 PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
@@ -39,6 +39,7 @@ TARGETS = ("tensorrt", "tensorrt-rtx")
 KEY_FIELDS = ("part", "model_hash", "frames", "schedule", "anchor", "block_size", "precision", "flavour",
               "tensorrt_version", "target", "plugin_version", "plugin_loaded", "max_query_points",
               "max_images", "exporter")
+_LOADED_PLUGINS: set[str] = set()  # plugin libraries this process registered
 PART_HASH = {"dit": "dit_hash", "vae_decoder": "vae_hash", "vae_query": "vae_hash",
              "conditioner": "conditioner_hash"}
 
@@ -71,7 +72,18 @@ def _load_plugin(trt, log: Callable[[str], None]) -> Path | None:
         return None
     if not lib.is_file():
         raise TensorRTError(f"plugin library {lib} does not exist (S4D_TRT_PLUGIN)")
-    trt.get_plugin_registry().load_library(str(lib))
+    registry = trt.get_plugin_registry()
+    key = str(lib.resolve())
+    if key in _LOADED_PLUGINS:  # the registry is per process; loading twice fails
+        return lib
+    if registry.get_creator(ONNX_OP, PLUGIN_VERSION, ONNX_DOMAIN) is not None:
+        log(f"plugin: a BlockSparseAttention creator is already registered in this process; {lib} is not loaded "
+            "over it")
+        return lib
+    if registry.load_library(str(lib)) is None:
+        raise TensorRTError(f"TensorRT could not load the plugin library {lib} (see the log above); rebuild it "
+                            "against this TensorRT (plugins_trt/README.md)")
+    _LOADED_PLUGINS.add(key)
     log(f"plugin: loaded {lib}")
     return lib
 
@@ -95,6 +107,28 @@ def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: P
     for key in KEY_FIELDS:
         if old.get(key) != new.get(key):
             return f"{key} changed: {old.get(key)!r} -> {new.get(key)!r}"
+    return None
+
+
+def plugin_decision(trt, plugin: Path | None, attrs: dict[str, Any] | None) -> str | None:
+    """Why a DiT graph's BlockSparseAttention nodes will NOT become plugin layers (None: they will)."""
+    if attrs is None:
+        return "the graph has no BlockSparseAttention node"
+    if plugin is None:
+        return "no plugin library is loaded"
+    return plugin_rejection(trt, attrs)
+
+
+def plugin_stale_reason(trt, plugin: Path | None, old: dict[str, Any]) -> str | None:
+    """A cached DiT engine built from the ONNX body while the loaded plugin now accepts its nodes
+    (or the reverse) is stale: the same key, but not what a build would make now."""
+    if old.get("part") != "dit" or "plugin_layers" not in old:
+        return None
+    uses_plugin = plugin_decision(trt, plugin, old.get("block_sparse_node")) is None
+    if uses_plugin and not old["plugin_layers"]:
+        return "the loaded plugin accepts this graph now (the cached engine runs the ONNX function body)"
+    if not uses_plugin and old["plugin_layers"]:
+        return "the cached engine uses the plugin, which the loaded library does not accept for this graph"
     return None
 
 
@@ -137,7 +171,8 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
         if part != "dit":  # neither the schedule nor the plugin enter these graphs
             entry.update(frames=None, schedule=None, anchor=None, block_size=None, plugin_loaded=None,
                          plugin_path=None)
-        reason = stale_reason(manifest["engines"].get(name), entry, out / name)
+        old = manifest["engines"].get(name)
+        reason = stale_reason(old, entry, out / name) or (plugin_stale_reason(trt, plugin, old) if old else None)
         if reason is None:
             log(f"cache hit: {name}")
             report.reused.append(name)
@@ -154,19 +189,46 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
             size = models[2].config.image_size
             shapes = {"images": ShapeRange((1, 3, size, size), (min(4, max_images), 3, size, size),
                                            (max_images, 3, size, size))}
-        engine = build_engine(export.files[part], shapes, flavour=flavour)
-        atomic_write_bytes(out / name, engine)
         exported = export.manifest
+        use_plugin = False
+        if part == "dit":
+            why_not = plugin_decision(trt, plugin, exported["block_sparse_node"])
+            use_plugin = why_not is None
+            if plugin is not None and exported["block_sparse_node"] is not None and not use_plugin:
+                log(f"{name}: BlockSparseAttention plugin not used: {why_not}; building the ONNX function body instead")
+        try:
+            built = build_engine(export.files[part], shapes, flavour=flavour, use_plugin=use_plugin, log=log)
+        except TensorRTError as exc:
+            if not use_plugin:
+                raise
+            # the plugin accepted the node but the build failed around it: never die on a plugin problem
+            log(f"{name}: building with the BlockSparseAttention plugin failed ({exc}); building the ONNX "
+                "function body instead")
+            built = build_engine(export.files[part], shapes, flavour=flavour, use_plugin=False, log=log)
+        engine = built.data
+        atomic_write_bytes(out / name, engine)
         manifest["engines"][name] = dict(
             entry, file=name, bytes=len(engine), onnx=str(export.files[part]), source=models[3],
             built_at=time.strftime("%Y-%m-%dT%H:%M:%S"), build_seconds=round(time.perf_counter() - t0, 2),
-            host=platform.node(), tokens_per_frame=exported["tokens_per_frame"],
+            host=platform.node(), tokens_per_frame=exported["tokens_per_frame"], plugin_layers=built.plugin_layers,
             context_tokens=exported["context_tokens"],
             block_sparse_node=exported["block_sparse_node"] if part == "dit" else None,
             configs={k: exported[k] for k in ("dit_config", "vae_config", "conditioner_config")})
         atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
         report.built.append(name)
     return report
+
+
+def _plugin_summary(entry: dict[str, Any]) -> str:
+    """How an engine's BlockSparseAttention nodes were built, for ``inspect``."""
+    if entry["part"] != "dit" or entry.get("block_sparse_node") is None:
+        return "no BlockSparseAttention node,"
+    layers = entry.get("plugin_layers")
+    if layers is None:  # manifests written before plugin_layers was recorded
+        return f"plugin={'loaded' if entry.get('plugin_loaded') else 'not loaded'} (plugin_layers not recorded),"
+    if layers:
+        return f"plugin_layers={layers} (BlockSparseAttention plugin),"
+    return "plugin_layers=0 (ONNX function body),"
 
 
 def describe_engines(engine_dir: str | os.PathLike) -> str:
@@ -186,6 +248,6 @@ def describe_engines(engine_dir: str | os.PathLike) -> str:
             lines.append(f"    frames={e['frames']} tokens/frame={e.get('tokens_per_frame')} "
                          f"schedule={node.get('schedule')} anchor={bool(node.get('anchor'))} "
                          f"block={node.get('block_size')} batch 1..2 (cond+uncond)")
-        lines.append(f"    model={e['model_hash']} plugin={'yes' if e['plugin_loaded'] else 'no (ONNX body)'} "
+        lines.append(f"    model={e['model_hash']} {_plugin_summary(e)} "
                      f"built {e['built_at']} in {e['build_seconds']} s, {e['bytes']} bytes")
     return "\n".join(lines)

@@ -236,7 +236,9 @@ class TensorRTRuntime:
         self.device_desc = gpu_description()
         for name, entry in self.entries.items():
             check_engine_entry(entry, name, self.trt.__version__, self.device_desc)
-        if any(e.get("plugin_loaded") for e in self.entries.values()):
+        # plugin_layers: how many plugin layers an engine holds; older manifests only say whether
+        # the library was loaded while building
+        if any(e.get("plugin_layers", e.get("plugin_loaded")) for e in self.entries.values()):
             recorded = [e["plugin_path"] for e in self.entries.values() if e.get("plugin_path")]
             lib = find_plugin_library() or (Path(recorded[0]) if recorded else None)
             if lib is None or not lib.is_file():

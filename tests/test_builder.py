@@ -74,3 +74,22 @@ def test_build_and_inspect_errors(tmp_path):
     assert res.exit_code == 2 and "s4d-export build --frames N" in res.output
     res = runner.invoke(app, ["build", "--frames", "2", "--precision", "int4", "--engine-dir", str(tmp_path)])
     assert res.exit_code == 2 and "--precision" in res.output
+
+
+def test_plugin_stale_reason_follows_what_the_loaded_plugin_accepts(monkeypatch, tmp_path):
+    import export.builder as builder
+
+    node = {"head_dim": 32, "block_size": 32}
+    body = dict(ENTRY, block_sparse_node=node, plugin_layers=0)
+    with_plugin = dict(body, plugin_layers=7)
+    lib = tmp_path / "libs4d_trt_plugin.so"
+    monkeypatch.setattr(builder, "plugin_rejection", lambda trt, attrs: None)  # the library accepts the node
+    assert "accepts this graph now" in builder.plugin_stale_reason(None, lib, body)
+    assert builder.plugin_stale_reason(None, lib, with_plugin) is None
+    assert "accepts this graph now" not in (builder.plugin_stale_reason(None, None, with_plugin) or "")
+    monkeypatch.setattr(builder, "plugin_rejection", lambda trt, attrs: "the loaded plugin rejects block_size=32")
+    assert builder.plugin_stale_reason(None, lib, body) is None
+    assert "does not accept" in builder.plugin_stale_reason(None, lib, with_plugin)
+    legacy = dict(ENTRY, block_sparse_node=node)  # manifests from before plugin_layers: key fields decide
+    assert builder.plugin_stale_reason(None, lib, legacy) is None
+    assert builder.plugin_stale_reason(None, lib, dict(body, part="vae_query")) is None

@@ -33,6 +33,7 @@ from scipy.spatial import cKDTree
 
 from sdk.kernels import cuda as cuda_mod
 from sdk.kernels.cuda import (
+    KERNEL_SIZES,
     block_sparse_attention_cuda,
     cuda_kernels_available,
     cuda_kernels_unavailable_reason,
@@ -238,12 +239,21 @@ def host_mc(lib, field: np.ndarray, level=0.0, box=WorldBox(), cells: np.ndarray
 
 def test_bsa_check_args_accepts_valid(host_lib):
     assert bsa_check(host_lib) == (BSA_OK, "")
-    for d in (64, 128):
-        for bs in (64, 128):
+    for d in KERNEL_SIZES:
+        for bs in KERNEL_SIZES:
             for dt in (DT_F16, DT_BF16):
                 assert bsa_check(host_lib, d=d, bs=bs, n=4 * bs, dtype=dt)[0] == BSA_OK
                 assert host_lib.s4d_bsa_cuda_supported(d, bs, dt) == 1
     assert bsa_check(host_lib, bh=0)[0] == BSA_OK  # empty batch is fine
+
+
+def test_supported_sizes_have_one_definition(host_lib):
+    # sdk.kernels.cuda.KERNEL_SIZES mirrors s4d_bsa_cuda_size_supported (the C header)
+    for size in range(0, 300):
+        for other in (16, 128):
+            expect = int(size in KERNEL_SIZES)
+            assert host_lib.s4d_bsa_cuda_supported(size, other, DT_F16) == expect, size
+            assert host_lib.s4d_bsa_cuda_supported(other, size, DT_BF16) == expect, size
     assert host_lib.s4d_bsa_cuda_supported(96, 64, DT_F16) == 0
     assert host_lib.s4d_bsa_cuda_supported(64, 64, DT_F32) == 0
 
@@ -251,10 +261,12 @@ def test_bsa_check_args_accepts_valid(host_lib):
 @pytest.mark.parametrize("kwargs, code, words", [
     (dict(dtype=DT_F32), BSA_DTYPE, "float32 is CPU-only"),
     (dict(dtype=7), BSA_DTYPE, "unsupported dtype code 7"),
-    (dict(d=32), BSA_HEAD_DIM, "unsupported head_dim 32"),
+    (dict(d=8), BSA_HEAD_DIM, "unsupported head_dim 8"),
+    (dict(d=48), BSA_HEAD_DIM, "unsupported head_dim 48"),
     (dict(d=96), BSA_HEAD_DIM, "unsupported head_dim 96"),
     (dict(d=256), BSA_HEAD_DIM, "unsupported head_dim 256"),
-    (dict(bs=32, n=512), BSA_BLOCK_SIZE, "unsupported block_size 32"),
+    (dict(bs=8, n=512), BSA_BLOCK_SIZE, "unsupported block_size 8"),
+    (dict(bs=96, n=576), BSA_BLOCK_SIZE, "unsupported block_size 96"),
     (dict(bs=256, n=512), BSA_BLOCK_SIZE, "unsupported block_size 256"),
     (dict(n=512, nb=7), BSA_SHAPE, "seq_len (512) must equal block_size (64) * num_query_blocks (7)"),
     (dict(nb=0, n=0), BSA_SHAPE, "num_query_blocks must be >= 1"),
@@ -655,7 +667,20 @@ def test_host_mc_sparse_subset(host_lib):
 # the compiled code (the GPU tests do). Keep it in step with the kernel.
 
 def _swz(D, row, ch):
-    return row * D + ((ch ^ (row & 7)) << 3)
+    C = D // 8
+    rows_per_line, mask = (1, 7) if C >= 8 else (8 // C, C - 1)
+    return row * D + ((ch ^ ((row // rows_per_line) & mask)) << 3)
+
+
+@pytest.mark.parametrize("D", KERNEL_SIZES)
+def test_swizzle_stays_in_row_and_is_bank_conflict_free(D):
+    C = D // 8
+    for row in range(64):  # a permutation of the row's own chunks
+        assert sorted((_swz(D, row, ch) - row * D) >> 3 for ch in range(C)) == list(range(C))
+    for row0 in range(0, 64, 8):  # one ldmatrix 8x8 matrix: one chunk of 8 consecutive rows
+        for ch in range(C):
+            slots = {(_swz(D, row0 + r, ch) * 2 // 16) % 8 for r in range(8)}  # 16-byte bank slots
+            assert len(slots) == 8, (D, row0, ch)
 
 
 def _load_tile(smem, gmem, D, rows, NT):
@@ -666,10 +691,11 @@ def _load_tile(smem, gmem, D, rows, NT):
         smem[_swz(D, row, ch):_swz(D, row, ch) + 8] = gmem[row * D + ch * 8:row * D + ch * 8 + 8]
 
 
-def _ldmatrix_x4(smem, addrs, trans=False):
-    """regs[lane][m] = the (lo, hi) pair lane receives from 8x8 matrix m (rows from lanes 8m..8m+7)."""
-    regs = [[None] * 4 for _ in range(32)]
-    for m in range(4):
+def _ldmatrix_x4(smem, addrs, trans=False, num=4):
+    """regs[lane][m] = the (lo, hi) pair lane receives from 8x8 matrix m (rows from lanes 8m..8m+7);
+    num=2 is ldmatrix .x2 (lanes 16..31 give no address)."""
+    regs = [[None] * num for _ in range(32)]
+    for m in range(num):
         M = np.stack([smem[addrs[8 * m + r]:addrs[8 * m + r] + 8] for r in range(8)])
         for t in range(32):
             g, q = t // 4, t % 4
@@ -741,7 +767,14 @@ def _model_cta(q, k, v, out, lse, offsets, indices, nb, seq_len, scale_log2, D, 
                 for kc in range(KC):
                     qf[w, kc] = _ldmatrix_x4(sQ, [_swz(D, w * 16 + q_row(L), 2 * kc + (L >> 4)) for L in range(32)])
             s = {(mt, n): [[0.0] * 4 for _ in range(32)] for mt in range(MT) for n in range(NS)}
-            for kc in range(0, KC, 2):
+            if KC == 1:  # D = 16: one k-step, B fragments from ldmatrix .x2
+                qa1 = {mt: qf[w, 0] if q_in_regs else _ldmatrix_x4(
+                    sQ, [_swz(D, (w * MT + mt) * 16 + q_row(L), L >> 4) for L in range(32)]) for mt in range(MT)}
+                for n in range(NS):
+                    b = _ldmatrix_x4(tK, [_swz(D, n * 8 + (L & 7), (L >> 3) & 1) for L in range(16)], num=2)
+                    for mt in range(MT):
+                        _mma(s[mt, n], qa1[mt], _reg(b, 0), _reg(b, 1))
+            for kc in range(0, KC if KC >= 2 else 0, 2):
                 qa = {}
                 for mt in range(MT):
                     if q_in_regs:
@@ -808,7 +841,9 @@ def _model_cta(q, k, v, out, lse, offsets, indices, nb, seq_len, scale_log2, D, 
 
 
 # (head dim, block size, m-tiles per warp, keys per tile): every configuration dispatch() uses
-KERNEL_CONFIGS = [(64, 64, 1, 64), (128, 64, 1, 64), (64, 128, 2, 64), (128, 128, 2, 32), (128, 128, 1, 64)]
+KERNEL_CONFIGS = [(D, 16, 1, 16) for D in KERNEL_SIZES] + [(D, 32, 1, 32) for D in KERNEL_SIZES] + \
+    [(D, 64, 1, 64) for D in KERNEL_SIZES] + [(16, 128, 2, 64), (32, 128, 2, 64), (64, 128, 2, 64),
+                                              (128, 128, 2, 32), (128, 128, 1, 64)]
 
 
 @pytest.mark.parametrize("D, BS, MT, BN", KERNEL_CONFIGS)
@@ -925,7 +960,7 @@ def _attention_case(T, P, H, D, dtype, preset, anchor, bs, seed=0, B=1):
 
 @needs_sm80
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", KERNEL_SIZES)
 @pytest.mark.parametrize("P", [256, 4096])
 def test_gpu_attention_matches_reference(fp32_matmul, P, D, dtype):
     failures = []
@@ -933,7 +968,7 @@ def test_gpu_attention_matches_reference(fp32_matmul, P, D, dtype):
         for H in (1, 4):
             if P == 4096 and T * H > 32:  # keep the fp32 reference's time bounded
                 continue
-            for bs in ((64, 128) if P == 256 else (128,)):
+            for bs in (KERNEL_SIZES if P == 256 else (128,)):
                 for preset in sorted(PRESETS):
                     for anchor in (True, False):
                         err = _attention_case(T, P, H, D, dtype, preset, anchor, bs, seed=T * 7 + H)
@@ -944,7 +979,7 @@ def test_gpu_attention_matches_reference(fp32_matmul, P, D, dtype):
 
 @needs_sm80
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("D, bs", [(64, 64), (128, 128), (64, 128), (128, 64)])
+@pytest.mark.parametrize("D, bs", [(16, 16), (32, 32), (16, 128), (64, 64), (128, 128), (64, 128), (128, 16)])
 def test_gpu_attention_lse(fp32_matmul, D, bs, dtype):
     pattern = SparsePattern.for_tokens(4, 512, bs, "sculpt4d", True)
     N = pattern.num_blocks * bs

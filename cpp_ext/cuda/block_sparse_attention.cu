@@ -2,11 +2,11 @@
 // s4d/block_sparse_attention_cuda.h; no PyTorch / TensorRT headers).
 //
 // FlashAttention-2 style, one CTA per (batch_head, query block):
-//   * BM = block_size query rows per CTA (64 or 128); each warp owns MT x 16 of them (MT = 1 or
-//     2, see dispatch() for the per-architecture choice). With MT = 1 a warp keeps its Q
+//   * BM = block_size query rows per CTA (16, 32, 64 or 128); each warp owns MT x 16 of them
+//     (MT = 1 or 2, see dispatch() for the per-architecture choice). With MT = 1 a warp keeps its Q
 //     fragments (16 x D) in registers for the whole CTA; with MT = 2 it re-reads them from
 //     shared memory per tile and every K/V fragment feeds 32 rows.
-//   * Key/value tiles of BN = 32 or 64 rows stream through shared memory with cp.async (sm_80+),
+//   * Key/value tiles of BN = 16, 32 or 64 rows (at most block_size) stream through shared memory with cp.async (sm_80+),
 //     double-buffered: while tile j is computed, tile j+1 is in flight. The tile sequence is
 //     the CSR key-block list of the query block (block_size / BN tiles per key block), so
 //     blocks that are not listed are never read.
@@ -15,8 +15,8 @@
 //     re-packed in registers as the A operand of P V (FA2's register reuse).
 //   * Online softmax in fp32 and log2 units: scores are scaled by scale*log2(e), p = 2^(s - m),
 //     running max m and row sum l per row; O is rescaled by 2^(m_old - m_new) per tile.
-//   * Shared memory rows (D halves = D/8 16-byte chunks) are XOR-swizzled, chunk ^ (row & 7), so
-//     cp.async stores and ldmatrix loads are bank-conflict free without padding.
+//   * Shared memory rows (D halves = D/8 16-byte chunks, D = 16, 32, 64 or 128) are XOR-swizzled
+//     (swz below), so cp.async stores and ldmatrix loads are bank-conflict free without padding.
 //   * Epilogue: O / l is staged through the warp's own (no longer needed) Q rows in shared
 //     memory and written with coalesced 16-byte stores; lse = ln2 * (m + log2 l).
 // The tensor-core path needs sm_80+; sm_90 runs it too (no Hopper-only instructions are used).
@@ -71,6 +71,11 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
 }
+__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
+}
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -122,10 +127,17 @@ struct Mma<BF16Tag> {
   }
 };
 
-// Element offset of 16-byte chunk `ch` of row `row` in a swizzled [rows][D] tile.
+// Element offset of 16-byte chunk `ch` of row `row` in a swizzled [rows][D] tile. The 32 banks
+// are 8 chunk slots; one ldmatrix 8x8 matrix reads one chunk of 8 consecutive rows, which must
+// land in 8 different slots. A row holds C = D/8 chunks, so 8/C rows share a 128-byte line when
+// C < 8: XOR the chunk with (row / rows-per-line) masked to the chunks a row has. For C >= 8
+// this is the usual chunk ^ (row & 7).
 template <int D>
 __device__ __forceinline__ int swz(int row, int ch) {
-  return row * D + ((ch ^ (row & 7)) << 3);
+  constexpr int C = D / 8;
+  constexpr int kRowsPerLine = C >= 8 ? 1 : 8 / C;
+  constexpr int kMask = (C >= 8 ? 8 : C) - 1;
+  return row * D + ((ch ^ ((row / kRowsPerLine) & kMask)) << 3);
 }
 
 // Asynchronously copies `ROWS` contiguous rows of D halves from global to a swizzled tile.
@@ -164,8 +176,8 @@ __device__ __forceinline__ void bsa_fwd_body(const Params& p) {
   constexpr bool kQInRegs = MT == 1;
   // With Q fragments in registers the k loop must unroll fully (qf is indexed by kc); with Q
   // re-read from shared memory a rolled loop keeps only one step's fragments live.
-  constexpr int kKUnroll = kQInRegs ? KC / 2 : 1;
-  static_assert(KC % 2 == 0 && ND % 2 == 0, "D must be a multiple of 32");
+  constexpr int kKUnroll = kQInRegs && KC >= 2 ? KC / 2 : 1;
+  static_assert((KC == 1 || KC % 2 == 0) && ND % 2 == 0, "D must be 16 or a multiple of 32");
   static_assert(BN % 16 == 0 && BS % BN == 0 && BM % (16 * MT) == 0, "bad tile configuration");
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -257,33 +269,54 @@ __device__ __forceinline__ void bsa_fwd_body(const Params& p) {
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int n = 0; n < NS; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
-#pragma unroll kKUnroll
-    for (int kc = 0; kc < KC; kc += 2) {
-      // A fragments of k-steps kc and kc+1 (16 x 16 each: rows 0-7 / 8-15 x cols 0-7 / 8-15)
-      uint32_t qa[MT][2][4];
+    if constexpr (KC == 1) {
+      // D = 16: one k-step; each 8-key B fragment is two 8x8 matrices (ldmatrix .x2)
+      uint32_t qa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if constexpr (kQInRegs) {
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            qa[mt][0][r] = qf[kc][r];
-            qa[mt][1][r] = qf[kc + 1][r];
-          }
+          for (int r = 0; r < 4; ++r) qa[mt][r] = qf[0][r];
         } else {
-          const int row = (warp * MT + mt) * 16 + q_ld_row;
-          ldsm_x4(qa[mt][0], sQ + swz<D>(row, 2 * kc + (lane >> 4)));
-          ldsm_x4(qa[mt][1], sQ + swz<D>(row, 2 * kc + 2 + (lane >> 4)));
+          ldsm_x4(qa[mt], sQ + swz<D>((warp * MT + mt) * 16 + q_ld_row, lane >> 4));
         }
       }
 #pragma unroll
       for (int n = 0; n < NS; ++n) {
-        // keys n*8 .. n*8+7, dims 16*kc .. 16*kc+31: B fragments of k-steps kc and kc+1
-        uint32_t b[4];
-        ldsm_x4(b, tK + swz<D>(n * 8 + (lane & 7), 2 * kc + (lane >> 3)));
+        uint32_t b[2];
+        ldsm_x2(b, tK + swz<D>(n * 8 + (lane & 7), (lane >> 3) & 1));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) Mma<Tag>::mma(s[mt][n], qa[mt], b[0], b[1]);
+      }
+    } else {
+#pragma unroll kKUnroll
+      for (int kc = 0; kc < KC; kc += 2) {
+        // A fragments of k-steps kc and kc+1 (16 x 16 each: rows 0-7 / 8-15 x cols 0-7 / 8-15)
+        uint32_t qa[MT][2][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          Mma<Tag>::mma(s[mt][n], qa[mt][0], b[0], b[1]);
-          Mma<Tag>::mma(s[mt][n], qa[mt][1], b[2], b[3]);
+          if constexpr (kQInRegs) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              qa[mt][0][r] = qf[kc][r];
+              qa[mt][1][r] = qf[kc + 1][r];
+            }
+          } else {
+            const int row = (warp * MT + mt) * 16 + q_ld_row;
+            ldsm_x4(qa[mt][0], sQ + swz<D>(row, 2 * kc + (lane >> 4)));
+            ldsm_x4(qa[mt][1], sQ + swz<D>(row, 2 * kc + 2 + (lane >> 4)));
+          }
+        }
+#pragma unroll
+        for (int n = 0; n < NS; ++n) {
+          // keys n*8 .. n*8+7, dims 16*kc .. 16*kc+31: B fragments of k-steps kc and kc+1
+          uint32_t b[4];
+          ldsm_x4(b, tK + swz<D>(n * 8 + (lane & 7), 2 * kc + (lane >> 3)));
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            Mma<Tag>::mma(s[mt][n], qa[mt][0], b[0], b[1]);
+            Mma<Tag>::mma(s[mt][n], qa[mt][1], b[2], b[3]);
+          }
         }
       }
     }
@@ -434,23 +467,44 @@ cudaError_t launch(const Params& p, int64_t batch_heads, cudaStream_t stream) {
 
 // Tile configuration per (head dim, block size, architecture); registers as reported by ptxas
 // (nvcc 13.0; none of these spill - the compile test enforces it):
+//   block size 16 / 32:      1 / 2 warps x 16 rows, key tiles of one whole block (16 / 32 keys);
+//                            the small models' shapes (tiny: D 16 block 16, demo: D 32 block 32);
+//                            sm_90 block 16 / 32: D=16: 56 / 72 regs, D=32: 82 / 100, D=64: 126 /
+//                            146, D=128: 202 / 230. D = 16 has one k-step (ldmatrix .x2 for K).
 //   block size 64:           4 warps x 16 rows, 64-key tiles (D=64: ~175 regs, D=128: ~245).
-//   block size 128, D = 64:  4 warps x 32 rows, 64-key tiles (48 KB smem, ~230 regs).
+//   block size 128, D <= 64: 4 warps x 32 rows, 64-key tiles (D=64: 48 KB smem, ~230 regs).
 //   block size 128, D = 128: sm_80: 4 warps x 32 rows, 32-key tiles (64 KB smem, ~252 regs, two
 //                            CTAs per SM; each K/V fragment feeds 32 rows, as FlashAttention-2
 //                            does on A100);
 //                            sm_86 / sm_89 / sm_90: 8 warps x 16 rows, 64-key tiles (96 KB smem,
 //                            ~225 regs). The 32-row variant spills on sm_90 with nvcc 13.
+// Every (head dim, block size) that s4d_bsa_cuda_size_supported accepts has a line here; the
+// tests parse these launch<> lines and check both that and the NumPy model of each.
 template <typename Tag>
 cudaError_t dispatch(const Params& p, int64_t batch_heads, int64_t head_dim, int64_t block_size, int cc,
                      cudaStream_t stream) {
-  if (block_size == 64) {
-    if (head_dim == 64) return launch<Tag, 64, 64, 1, 64>(p, batch_heads, stream);
-    return launch<Tag, 128, 64, 1, 64>(p, batch_heads, stream);
+  const int64_t bh = batch_heads;
+  switch (head_dim * 1000 + block_size) {
+    case 16016: return launch<Tag, 16, 16, 1, 16>(p, bh, stream);
+    case 16032: return launch<Tag, 16, 32, 1, 32>(p, bh, stream);
+    case 16064: return launch<Tag, 16, 64, 1, 64>(p, bh, stream);
+    case 16128: return launch<Tag, 16, 128, 2, 64>(p, bh, stream);
+    case 32016: return launch<Tag, 32, 16, 1, 16>(p, bh, stream);
+    case 32032: return launch<Tag, 32, 32, 1, 32>(p, bh, stream);
+    case 32064: return launch<Tag, 32, 64, 1, 64>(p, bh, stream);
+    case 32128: return launch<Tag, 32, 128, 2, 64>(p, bh, stream);
+    case 64016: return launch<Tag, 64, 16, 1, 16>(p, bh, stream);
+    case 64032: return launch<Tag, 64, 32, 1, 32>(p, bh, stream);
+    case 64064: return launch<Tag, 64, 64, 1, 64>(p, bh, stream);
+    case 64128: return launch<Tag, 64, 128, 2, 64>(p, bh, stream);
+    case 128016: return launch<Tag, 128, 16, 1, 16>(p, bh, stream);
+    case 128032: return launch<Tag, 128, 32, 1, 32>(p, bh, stream);
+    case 128064: return launch<Tag, 128, 64, 1, 64>(p, bh, stream);
+    case 128128:
+      if (cc == 80) return launch<Tag, 128, 128, 2, 32>(p, bh, stream);
+      return launch<Tag, 128, 128, 1, 64>(p, bh, stream);
+    default: return cudaErrorInvalidValue;  // unreachable: s4d_bsa_check_args_cuda ran first
   }
-  if (head_dim == 64) return launch<Tag, 64, 128, 2, 64>(p, batch_heads, stream);
-  if (cc == 80) return launch<Tag, 128, 128, 2, 32>(p, batch_heads, stream);
-  return launch<Tag, 128, 128, 1, 64>(p, batch_heads, stream);
 }
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }

@@ -30,7 +30,7 @@ const char* s4d_bsa_cuda_last_error(void) { return g_bsa_error; }
 int s4d_bsa_cuda_abi_version(void) { return S4D_BSA_CUDA_ABI_VERSION; }
 
 int s4d_bsa_cuda_supported(int64_t head_dim, int64_t block_size, int dtype) {
-  return (head_dim == 64 || head_dim == 128) && (block_size == 64 || block_size == 128) &&
+  return s4d_bsa_cuda_size_supported(head_dim) && s4d_bsa_cuda_size_supported(block_size) &&
          (dtype == S4D_BSA_DTYPE_F16 || dtype == S4D_BSA_DTYPE_BF16);
 }
 
@@ -47,13 +47,14 @@ int s4d_bsa_check_args_cuda(int64_t batch_heads, int64_t seq_len, int64_t head_d
   if (batch_heads < 0)
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_SHAPE, "%s: batch_heads must be >= 0, got %lld", fn,
                                   static_cast<long long>(batch_heads));
-  if (head_dim != 64 && head_dim != 128)
-    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_HEAD_DIM, "%s: unsupported head_dim %lld (the CUDA kernel supports 64 and 128)",
+  if (!s4d_bsa_cuda_size_supported(head_dim))
+    return s4d_bsa_cuda_set_error(S4D_BSA_ERR_HEAD_DIM,
+                                  "%s: unsupported head_dim %lld (the CUDA kernel supports " S4D_BSA_CUDA_SIZES_TEXT ")",
                                   fn, static_cast<long long>(head_dim));
-  if (block_size != 64 && block_size != 128)
+  if (!s4d_bsa_cuda_size_supported(block_size))
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_BLOCK_SIZE,
-                                  "%s: unsupported block_size %lld (the CUDA kernel supports 64 and 128)", fn,
-                                  static_cast<long long>(block_size));
+                                  "%s: unsupported block_size %lld (the CUDA kernel supports " S4D_BSA_CUDA_SIZES_TEXT ")",
+                                  fn, static_cast<long long>(block_size));
   if (num_query_blocks < 1)
     return s4d_bsa_cuda_set_error(S4D_BSA_ERR_SHAPE, "%s: num_query_blocks must be >= 1, got %lld", fn,
                                   static_cast<long long>(num_query_blocks));

@@ -48,9 +48,10 @@ AttnShape check_attention_args(const at::Tensor& q, const at::Tensor& k, const a
   TORCH_CHECK(q.dim() == 4, kAttn, ": q must be 4-D [B, H, N, D], got shape ", q.sizes());
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), kAttn,
               ": q, k and v must have the same shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(block_size == 64 || block_size == 128, kAttn, ": block_size must be 64 or 128, got ", block_size);
+  TORCH_CHECK(s4d_bsa_cuda_size_supported(block_size), kAttn, ": block_size must be one of " S4D_BSA_CUDA_SIZES_TEXT ", got ",
+              block_size);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
-  TORCH_CHECK(D == 64 || D == 128, kAttn, ": head dim D must be 64 or 128, got ", D);
+  TORCH_CHECK(s4d_bsa_cuda_size_supported(D), kAttn, ": head dim D must be one of " S4D_BSA_CUDA_SIZES_TEXT ", got ", D);
   TORCH_CHECK(N > 0 && N % block_size == 0, kAttn, ": sequence length N (", N,
               ") must be a positive multiple of block_size (", block_size, ")");
   check_index_tensor(kAttn, "kv_offsets", kv_offsets);

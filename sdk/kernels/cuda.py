@@ -73,8 +73,16 @@ _HASHED = CUDA_SOURCES + (
 _CFLAGS = ["-O3"]
 _CUDA_CFLAGS = ["-O3"]
 
-_SUPPORTED_HEAD_DIMS = (64, 128)
-_SUPPORTED_BLOCK_SIZES = (64, 128)
+# Head dims and block sizes with a compiled kernel: mirrors s4d_bsa_cuda_size_supported in
+# cpp_ext/include/s4d/block_sparse_attention_cuda.h (tests/test_cuda_kernels.py proves them equal).
+KERNEL_SIZES = (16, 32, 64, 128)
+_SUPPORTED_HEAD_DIMS = KERNEL_SIZES
+_SUPPORTED_BLOCK_SIZES = KERNEL_SIZES
+
+
+def kernel_supports(head_dim: int, block_size: int) -> bool:
+    """Whether the CUDA kernel has a compiled variant for this head dim and block size."""
+    return head_dim in KERNEL_SIZES and block_size in KERNEL_SIZES
 _MAX_RESOLUTION = 1024
 
 _lock = threading.Lock()

@@ -7,7 +7,7 @@ in frame-major token order and returns the same shape.  Backends:
 * ``torch``     - gathers each query block's key blocks (CSR lists); O(nnz) memory; any device.
 * ``cpu``       - the C++ kernel in ``cpp_ext/cpu`` (online softmax, multi-threaded).
 * ``cuda``      - the CUDA kernel in ``cpp_ext/cuda`` (FlashAttention-2 style; fp16/bf16,
-  head dim 64/128, block size 64/128).
+  head dim and block size 16, 32, 64 or 128).
 * ``auto``      - ``torch.ops.s4d.block_sparse_attention``: the custom op the model, the
   exporter and ``torch.compile`` see; it runs the fastest implementation for the device.
 """
@@ -161,10 +161,16 @@ def _(q, k, v, num_frames, block_size, schedule, anchor, scale):
 def _fastest_backend(q: torch.Tensor, block_size: int):
     if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and _cpu_kernel_ready():
         return _cpu_kernel_attention
-    if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
-            and block_size in (64, 128) and _cuda_kernel_ready()):
+    if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
+            and _cuda_kernel_supports(q.shape[-1], block_size) and _cuda_kernel_ready()):
         return _cuda_kernel_attention
     return blocked_block_sparse_attention
+
+
+def _cuda_kernel_supports(head_dim: int, block_size: int) -> bool:
+    from ..kernels.cuda import kernel_supports
+
+    return kernel_supports(head_dim, block_size)
 
 
 def _cuda_kernel_ready() -> bool:

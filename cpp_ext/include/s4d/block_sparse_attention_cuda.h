@@ -16,7 +16,8 @@
  *   seq_len == block_size * num_query_blocks; query block r = tokens [r*bs, (r+1)*bs), key block
  *   c = tokens [c*bs, (c+1)*bs).
  *
- * Supported here: head_dim 64 or 128; block_size 64 or 128; dtype fp16 / bf16 (fp32 softmax and
+ * Supported here: head_dim and block_size each 16, 32, 64 or 128 (s4d_bsa_cuda_size_supported);
+ * dtype fp16 / bf16 (fp32 softmax and
  * accumulation inside); compute capability >= 8.0 (sm_80 tensor-core path, also used on sm_90);
  * seq_len * head_dim < 2^31 (one head's elements) and batch_heads * num_query_blocks < 2^31.
  *
@@ -48,6 +49,12 @@ extern "C" {
 
 /* CUDA-only return code: a tensor pointer is not 16-byte aligned. */
 #define S4D_BSA_ERR_ALIGNMENT 32
+
+/* Head dims and block sizes with a compiled kernel. The one home of this rule in C/C++: the host
+ * checks, the PyTorch binding and the TensorRT plugin core call it, the kernel's dispatch
+ * instantiates exactly these, and sdk.kernels.cuda mirrors them (a test proves the sets equal). */
+#define S4D_BSA_CUDA_SIZES_TEXT "16, 32, 64, 128"
+static inline int s4d_bsa_cuda_size_supported(int64_t v) { return v == 16 || v == 32 || v == 64 || v == 128; }
 
 /* Host-only validation (no CUDA call): scalar arguments, and - when kv_offsets_host is not
  * NULL - the CSR lists in HOST memory: kv_offsets[0] == 0, non-decreasing, every row at most

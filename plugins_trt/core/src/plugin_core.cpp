@@ -204,7 +204,8 @@ std::string differing_fields(const Attributes& a, const Attributes& b) {
   return names;
 }
 
-bool kernel_size_supported(int32_t value) { return value == 64 || value == 128; }
+// The kernel's compiled sizes have one home, the CUDA kernel's C header.
+bool kernel_size_supported(int32_t value) { return s4d_bsa_cuda_size_supported(value) != 0; }
 
 }  // namespace
 
@@ -245,7 +246,7 @@ bool validate(const Attributes& a, std::string* error) {
   if (a.num_frames < 1) return fail(error, "num_frames must be >= 1, got " + std::to_string(a.num_frames));
   if (!kernel_size_supported(a.block_size))
     return fail(error, "block_size " + std::to_string(a.block_size) +
-                           " is not supported by the CUDA kernel (supported: 64, 128)");
+                           " is not supported by the CUDA kernel (supported: " S4D_BSA_CUDA_SIZES_TEXT ")");
   if (a.tokens_per_frame < 1 || a.tokens_per_frame % a.block_size != 0)
     return fail(error, "tokens_per_frame (" + std::to_string(a.tokens_per_frame) +
                            ") must be a positive multiple of block_size (" + std::to_string(a.block_size) + ")");
@@ -261,7 +262,7 @@ bool validate(const Attributes& a, std::string* error) {
   if (a.num_heads < 1) return fail(error, "num_heads must be >= 1, got " + std::to_string(a.num_heads));
   if (!kernel_size_supported(a.head_dim))
     return fail(error, "head_dim " + std::to_string(a.head_dim) +
-                           " is not supported by the CUDA kernel (supported: 64, 128)");
+                           " is not supported by the CUDA kernel (supported: " S4D_BSA_CUDA_SIZES_TEXT ")");
   if (!std::isfinite(a.scale)) return fail(error, "scale must be finite, got " + float_text(a.scale));
   if (a.seq_len() > std::numeric_limits<int32_t>::max())
     return fail(error, "num_frames (" + std::to_string(a.num_frames) + ") x tokens_per_frame (" +
@@ -561,10 +562,11 @@ bool check_shapes(const Attributes& a, int32_t nb_inputs, const int64_t* const* 
   }
   const int64_t batch = dims[0][0];
   if (batch > 0) {
-    const int64_t tiles = a.num_query_blocks() * (a.block_size / 64);
-    if (batch > std::numeric_limits<int32_t>::max() / (static_cast<int64_t>(a.num_heads) * tiles))
+    // the kernel launches one CTA per (batch, head, query block)
+    const int64_t blocks = a.num_query_blocks();
+    if (batch > std::numeric_limits<int32_t>::max() / (static_cast<int64_t>(a.num_heads) * blocks))
       return fail(error, "B (" + std::to_string(batch) + ") x H (" + std::to_string(a.num_heads) + ") x " +
-                             std::to_string(tiles) + " query tiles exceeds the CUDA kernel's launch-grid limit");
+                             std::to_string(blocks) + " query blocks exceeds the CUDA kernel's launch-grid limit");
   }
   return true;
 }
