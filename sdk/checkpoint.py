@@ -173,7 +173,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _unreadable_message(path: Path, exc: Exception) -> str:
     size = path.stat().st_size if path.exists() else 0
-    return (f"cannot read checkpoint {path} ({size} bytes): {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
+    return (f"cannot read checkpoint {path} ({size} bytes): {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}. "
             "The file may be truncated or corrupted, or not a checkpoint (pickles are loaded with "
             "weights_only=True, so files that need arbitrary code are refused).")
 

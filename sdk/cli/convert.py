@@ -252,6 +252,10 @@ def convert(
                             end=end, progress=reporter)
             seq.save(target, formats=formats, overwrite=overwrite)
             item.status, item.frames = "ok", len(seq)
+        except OutputExistsError as exc:  # it was absent when this item started
+            item.status, item.error = "failed", str(exc) if overwrite else (
+                f"output {target} appeared meanwhile (another run wrote it while this one worked); nothing was "
+                "replaced (use --overwrite to replace it)")
         except (ValueError, OSError, RuntimeError) as exc:
             item.status, item.error = "failed", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # keep the batch going; say it is ours

@@ -62,6 +62,8 @@ def load_mesh(path: Path):
     try:
         mesh = trimesh.load(str(path), force="mesh", process=False)  # processing would drop NaN vertices
     except Exception as exc:  # noqa: BLE001 - any loader failure is an input error
+        if _declares_empty_mesh(path):
+            return trimesh.Trimesh()
         raise InputError(f"{path}: cannot read mesh ({exc})") from exc
     if not isinstance(mesh, trimesh.Trimesh):
         raise InputError(f"{path}: not a triangle mesh")
