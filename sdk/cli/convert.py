@@ -137,10 +137,10 @@ def convert(
     frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Frames sampled evenly over the video "
                                          "[default: the model's, else 16]."),
     steps: Optional[int] = typer.Option(None, help="Flow-matching sampler steps [default: the model's, else 50]."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale, 1 disables CFG "
-                                             "[default: the model's, else 5.0]."),
-    resolution: Optional[int] = typer.Option(None, help="Marching-cubes grid resolution R, 256 fast, 384 quality "
-                                             "[default: the model's, else 256]."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale, finite and >= 0; 1 "
+                                             "disables CFG [default: the model's, else 5.0]."),
+    resolution: Optional[int] = typer.Option(None, help="Marching-cubes grid resolution R, 8..1024; 256 fast, "
+                                             "384 quality [default: the model's, else 256]."),
     seed: int = typer.Option(0, help="Random seed of the initial noise."),
     formats: List[str] = typer.Option(["glb"], "--format", "-f", help="Mesh formats, repeatable: glb, obj, ply, "
                                                                        "usd/usda, usdc."),
@@ -156,7 +156,8 @@ def convert(
     start: Optional[float] = typer.Option(None, help="Start time in seconds (videos)."),
     end: Optional[float] = typer.Option(None, help="End time in seconds (videos)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output directory exists."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output directories."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output directories (only ones "
+                                "s4d-convert wrote)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
