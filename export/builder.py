@@ -10,11 +10,14 @@ Layout of an engine directory::
 The cache key of an engine is its manifest entry minus the build bookkeeping: model hash, part,
 frames, schedule, anchor, block size, precision, TensorRT flavour and version, target GPU and
 plugin version. A matching existing engine is reused; a stale one is rebuilt and the reason is
-printed in one line.
+printed in one line. Each entry records the engine file's size (``bytes``) and ``sha256``: a file
+that does not match (corrupt, truncated, replaced) is stale too, and ``inspect`` reports it. The
+manifest's shape is validated (``sdk.runtimes.check_engine_manifest``) before anything uses it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -27,7 +30,8 @@ from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 
-from sdk.runtimes import ENGINE_FORMAT, ENGINE_MANIFEST, find_plugin_library, gpu_description
+from sdk.runtimes import (ENGINE_FORMAT, ENGINE_MANIFEST, BackendError, engine_file_problem, find_plugin_library,
+                          gpu_description, read_engine_manifest)
 
 from .onnx import ExportError, export_onnx, exporter_fingerprint, load_models
 from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt, plugin_rejection
@@ -93,9 +97,9 @@ def read_manifest(engine_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {"format": ENGINE_FORMAT, "version": 1, "engines": {}}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TensorRTError(f"{path}: unreadable engine manifest ({exc}); delete it to rebuild") from None
+        return read_engine_manifest(engine_dir)
+    except BackendError as exc:
+        raise TensorRTError(str(exc)) from None
 
 
 def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: Path) -> str | None:
@@ -107,7 +111,7 @@ def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: P
     for key in KEY_FIELDS:
         if old.get(key) != new.get(key):
             return f"{key} changed: {old.get(key)!r} -> {new.get(key)!r}"
-    return None
+    return engine_file_problem(old, engine_path)
 
 
 def plugin_decision(trt, plugin: Path | None, attrs: dict[str, Any] | None) -> str | None:
@@ -147,6 +151,8 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
         raise ExportError("give at least one --frames value")
     trt, flavour = import_tensorrt(target)
     out = Path(engine_dir)
+    if os.path.lexists(out) and not out.is_dir():
+        raise TensorRTError(f"--engine-dir {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out)
     report = BuildReport(out)
@@ -171,6 +177,9 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
         if part != "dit":  # neither the schedule nor the plugin enter these graphs
             entry.update(frames=None, schedule=None, anchor=None, block_size=None, plugin_loaded=None,
                          plugin_path=None)
+        if name not in manifest["engines"] and os.path.lexists(out / name):
+            raise TensorRTError(f"{out / name} exists but {out / MANIFEST} has no entry for it, so nothing proves "
+                                "s4d-export build wrote it; move it away or choose another --engine-dir")
         old = manifest["engines"].get(name)
         reason = stale_reason(old, entry, out / name) or (plugin_stale_reason(trt, plugin, old) if old else None)
         if reason is None:
@@ -208,7 +217,8 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
         engine = built.data
         atomic_write_bytes(out / name, engine)
         manifest["engines"][name] = dict(
-            entry, file=name, bytes=len(engine), onnx=str(export.files[part]), source=models[3],
+            entry, file=name, bytes=len(engine), sha256=hashlib.sha256(engine).hexdigest(),
+            onnx=str(export.files[part]), source=models[3],
             built_at=time.strftime("%Y-%m-%dT%H:%M:%S"), build_seconds=round(time.perf_counter() - t0, 2),
             host=platform.node(), tokens_per_frame=exported["tokens_per_frame"], plugin_layers=built.plugin_layers,
             context_tokens=exported["context_tokens"],
@@ -231,8 +241,9 @@ def _plugin_summary(entry: dict[str, Any]) -> str:
     return "plugin_layers=0 (ONNX function body),"
 
 
-def describe_engines(engine_dir: str | os.PathLike) -> str:
-    """A human summary of an engine directory (``s4d-export inspect``)."""
+def describe_engines(engine_dir: str | os.PathLike, problems: list[str] | None = None) -> str:
+    """A human summary of an engine directory (``s4d-export inspect``). Every engine file is
+    verified against its recorded size and sha256; ``problems`` collects one line per mismatch."""
     out = Path(engine_dir)
     if not (out / MANIFEST).is_file():
         raise TensorRTError(f"{out} has no {MANIFEST}; build engines with: s4d-export build --frames N "
@@ -240,7 +251,10 @@ def describe_engines(engine_dir: str | os.PathLike) -> str:
     manifest = read_manifest(out)
     lines = [f"engine directory {out}"]
     for name, e in sorted(manifest["engines"].items()):
-        present = "ok" if (out / name).is_file() else "MISSING"
+        problem = engine_file_problem(e, out / name)
+        present = "ok" if problem is None else ("MISSING" if not (out / name).is_file() else "CORRUPT")
+        if problem is not None and problems is not None:
+            problems.append(f"{name}: {problem}")
         lines.append(f"- {name} [{present}] part={e['part']} precision={e['precision']} "
                      f"{e['flavour']} {e['tensorrt_version']} target={e['target']}")
         if e["part"] == "dit":

@@ -134,14 +134,21 @@ def build(
 
 @app.command()
 def inspect(engine_dir: Path = typer.Argument(..., help="An engine directory written by s4d-export build.")) -> None:
-    """Print the manifest of an engine directory: what each engine was built from and supports."""
+    """Print the manifest of an engine directory: what each engine was built from and supports.
+    Verifies every engine file against its recorded size and sha256: exit 1 if any is missing or
+    does not match (s4d-export build rebuilds those), 2 for a missing or malformed manifest."""
     from export.builder import describe_engines
     from export.tensorrt import TensorRTError
 
+    problems: list[str] = []
     try:
-        typer.echo(describe_engines(engine_dir))
+        typer.echo(describe_engines(engine_dir, problems))
     except TensorRTError as exc:
         usage_error(str(exc))
+    for line in problems:
+        typer.echo(f"error: {line}; rebuild with: s4d-export build --engine-dir {engine_dir}", err=True)
+    if problems:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdk.atomic import atomic_directory
+from sdk.atomic import atomic_directory, check_target, files_in, written_by_us
 from sdk.config import to_dict
 from sdk.runtimes import EXPORT_FORMAT, EXPORT_MANIFEST
 from sdk.sparse import PatternError, SparsePattern, resolve_schedule
@@ -257,6 +257,11 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
     unknown = set(parts) - set(FILES)
     if unknown:
         raise ExportError(f"unknown parts {sorted(unknown)}; expected some of {sorted(FILES)}")
+    out = Path(out_dir)  # checked before any model is loaded
+    try:
+        check_target(out, overwrite, written_export, ExportError)
+    except ValueError as exc:  # ExportError, or a dangerous target (., .., a parent of the cwd)
+        raise ExportError(str(exc)) from None
     dit, vae, cond, source_info = source if isinstance(source, tuple) else load_models(source)
     temporal = dit.config.temporal
     try:
@@ -272,12 +277,10 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
     torch_dtype = DTYPES[dtype]
     prepare = (lambda m: half_precision_copy(m, torch_dtype)) if dtype != "fp32" else (lambda m: m)
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ExportError(f"{out} exists and is not an ONNX export directory; choose a new or empty directory")
     files: dict[str, Path] = {}
     node_attrs = None
-    with atomic_directory(out, overwrite, exists_error=ExportError) as tmp, _export_settings(dit, temporal):
+    with atomic_directory(out, overwrite, exists_error=ExportError, owned=written_export) as tmp, \
+            _export_settings(dit, temporal):
         gen = torch.Generator().manual_seed(0)
         L, Cc = cond.config.num_tokens, dit.config.context_dim
         if "dit" in parts:
@@ -316,10 +319,19 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
             "block_sparse_node": node_attrs, "source": source_info,
             "dit_config": to_dict(dit.config), "vae_config": to_dict(vae.config), "conditioner_config":
                 to_dict(cond.config), "files": {k: v.name for k, v in files.items()},
-            "torch": torch.__version__,
+            "torch": torch.__version__, "written": sorted(files_in(tmp) + [MANIFEST]),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return ExportResult(out, files, manifest)
+
+
+def written_export(directory: Path) -> str | None:
+    """None if ``directory`` is provably an earlier export of ours: ``export.json`` with our format
+    tag, and nothing but the files it lists (``written``; exports from before that field: the
+    ``files`` map). Only such a directory (or an empty one) is replaced; anything else is refused."""
+    reason = written_by_us(directory, MANIFEST, EXPORT_FORMAT,
+                           lambda m: m["written"] if "written" in m else m["files"].values())
+    return None if reason is None else f"it is not an ONNX export directory written by s4d-export ({reason})"
 
 
 @contextlib.contextmanager

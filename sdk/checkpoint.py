@@ -118,13 +118,20 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def _read_torch_parts(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as first:
-        try:  # legacy (non-zip) torch files cannot be memory-mapped; read them whole
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # truncated zip, foreign pickle, not a torch file at all
-            raise CheckpointError(_unreadable_message(path, first)) from None
+    import pickle
+    import zipfile
+
+    try:  # zip-format torch files are memory-mapped; legacy (plain pickle) files cannot be, so read whole
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:
+        if not (isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower()):
+            raise CheckpointError(_unreadable_message(path, exc)) from None  # truncated, not a torch file at all
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # weights_only refused a global: it needs code to load
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is a pickle that needs code to load"
+            f"{f' ({found.group(1)})' if found else ''}. Checkpoints are loaded with weights_only=True: only "
+            "weights-only pickles (tensors in plain dicts / lists) and safetensors files load. Convert it to "
+            "safetensors where you trust its source.") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict with parts 'model', 'vae', 'conditioner', "
                               f"got {type(obj).__name__}")
@@ -166,7 +173,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _unreadable_message(path: Path, exc: Exception) -> str:
     size = path.stat().st_size if path.exists() else 0
-    return (f"cannot read checkpoint {path} ({size} bytes): {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
+    return (f"cannot read checkpoint {path} ({size} bytes): {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}. "
             "The file may be truncated or corrupted, or not a checkpoint (pickles are loaded with "
             "weights_only=True, so files that need arbitrary code are refused).")
 
@@ -419,10 +426,13 @@ def save_checkpoint(directory: str | os.PathLike, dit: torch.nn.Module, vae: tor
     temporary directory next to ``directory`` that is renamed into place at the end."""
     from safetensors.torch import save_file
 
-    from .atomic import atomic_directory
+    from .atomic import atomic_directory, written_by_us
+
+    def ours(path: Path) -> str | None:
+        return written_by_us(path, MANIFEST, FORMAT_NAME, lambda m: PART_FILES.values())
 
     target = Path(directory)
-    with atomic_directory(target, overwrite, exists_error=CheckpointError) as tmp:
+    with atomic_directory(target, overwrite, exists_error=CheckpointError, owned=ours) as tmp:
         manifest: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                                     "metadata": dict(metadata or {})}
         for name, model in (("dit", dit), ("vae", vae), ("conditioner", conditioner)):

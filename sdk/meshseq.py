@@ -9,7 +9,9 @@ Output directory layout (``MeshSequence.save``)::
     manifest.json                frames, times, seed, model, settings, timings, versions, files
 
 Everything is written into a temporary directory beside the target and renamed into place at
-the end, so an interrupted run never leaves a half-written output.
+the end, so an interrupted run never leaves a half-written output. An existing directory is
+replaced (``overwrite``) only if it is an earlier mesh sequence holding nothing but the files its
+manifest lists (:func:`written_sequence`); see :mod:`sdk.atomic`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .atomic import atomic_directory
+from .atomic import atomic_directory, written_by_us
 
 MESH_FORMATS = ("glb", "obj", "ply")
 SEQUENCE_FORMATS = ("usda", "usdc")
 ALL_FORMATS = MESH_FORMATS + SEQUENCE_FORMATS
 MANIFEST_VERSION = 1
+SEQUENCE_FORMAT = "sculpt4d-mesh-sequence"
+SEQUENCE_MANIFEST = "manifest.json"
 
 
 class OutputExistsError(FileExistsError):
@@ -57,7 +61,7 @@ class MeshSequence:
 
     def manifest(self, files: Sequence[str] = ()) -> dict[str, Any]:
         return {
-            "format": "sculpt4d-mesh-sequence",
+            "format": SEQUENCE_FORMAT,
             "version": MANIFEST_VERSION,
             "source": self.source,
             "num_frames": len(self.meshes),
@@ -80,7 +84,7 @@ class MeshSequence:
         adds ``contact_sheet.png`` (a few frames rendered; seconds for million-face meshes)."""
         formats = _check_formats(formats)
         target = Path(directory)
-        with atomic_directory(target, overwrite, exists_error=OutputExistsError) as tmp:
+        with atomic_directory(target, overwrite, exists_error=OutputExistsError, owned=written_sequence) as tmp:
             files = []
             for i, mesh in enumerate(self.meshes):
                 for fmt in formats:
@@ -113,8 +117,14 @@ class MeshSequence:
                     import warnings
 
                     warnings.warn(f"contact sheet not written: {type(exc).__name__}: {exc}", stacklevel=2)
-            (tmp / "manifest.json").write_text(json.dumps(self.manifest(files + ["manifest.json"]), indent=2))
+            (tmp / SEQUENCE_MANIFEST).write_text(json.dumps(self.manifest(files + [SEQUENCE_MANIFEST]), indent=2))
         return target
+
+
+def written_sequence(directory: Path) -> str | None:
+    """None if ``directory`` is provably a mesh sequence this tool wrote (its manifest's format tag,
+    and no file its manifest does not list), else why not. Only such a directory is ever replaced."""
+    return written_by_us(directory, SEQUENCE_MANIFEST, SEQUENCE_FORMAT, lambda m: m["files"])
 
 
 def _check_formats(formats: Sequence[str]) -> list[str]:

@@ -160,6 +160,100 @@ ENGINE_MANIFEST = "manifest.json"  # written by export.builder
 ENGINE_FORMAT = "sculpt4d-engines"
 
 
+ENGINE_PARTS = ("dit", "vae_decoder", "vae_query", "conditioner")
+# Manifest entry fields: (allowed types, required). ``None`` in the types allows null.
+_ENTRY_SCHEMA: dict[str, tuple[tuple, bool]] = {
+    "part": ((str,), True), "model_hash": ((str,), True), "precision": ((str,), True),
+    "flavour": ((str,), True), "tensorrt_version": ((str,), True), "target": ((str,), True),
+    "frames": ((int, None), True), "plugin_loaded": ((bool, None), True), "bytes": ((int,), True),
+    "built_at": ((str,), True), "build_seconds": ((int, float), True), "sha256": ((str,), False),
+    "plugin_layers": ((int,), False), "plugin_path": ((str, None), False), "configs": ((dict,), False),
+    "block_sparse_node": ((dict, None), False), "tokens_per_frame": ((int, None), False),
+}
+
+
+def check_engine_manifest(data: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """Validate the shape of an engine ``manifest.json`` (``s4d-export build``); returns it, or
+    raises ``BackendError`` naming the file, the entry and what was expected. The one schema
+    check behind the builder, ``s4d-export inspect`` and the TensorRT runtime."""
+    def fail(what: str) -> None:
+        raise BackendError(f"{path}: malformed engine manifest: {what}; delete it (and the engines) and rebuild "
+                           "with s4d-export build")
+
+    if not isinstance(data, dict):
+        fail(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != ENGINE_FORMAT:
+        fail(f"format is {data.get('format')!r}, expected {ENGINE_FORMAT!r}")
+    engines = data.get("engines")
+    if not isinstance(engines, dict):
+        fail(f"'engines' must be an object of name -> entry, got {type(engines).__name__}")
+    for name, entry in engines.items():
+        if not isinstance(entry, dict):
+            fail(f"entry {name!r} must be an object, got {type(entry).__name__}")
+        for key, (types, required) in _ENTRY_SCHEMA.items():
+            if key not in entry:
+                if required:
+                    fail(f"entry {name!r} lacks {key!r}")
+                continue
+            value = entry[key]
+            ok = (value is None and None in types) or any(
+                t is not None and isinstance(value, t) and not (isinstance(value, bool) and t in (int, float))
+                for t in types)
+            if not ok:
+                expected = " or ".join("null" if t is None else t.__name__ for t in types)
+                fail(f"entry {name!r}: {key!r} must be {expected}, got {value!r}")
+        part, frames = entry["part"], entry["frames"]
+        if part not in ENGINE_PARTS:
+            fail(f"entry {name!r}: unknown part {part!r} (expected one of {', '.join(ENGINE_PARTS)})")
+        if (part == "dit") != (frames is not None) or (frames is not None and frames < 1):
+            fail(f"entry {name!r}: frames must be a positive integer for the DiT and null otherwise, got {frames!r}")
+        expected_name = f"dit_t{frames}.engine" if part == "dit" else f"{part}.engine"
+        if name != expected_name:
+            fail(f"entry {name!r} of part {part!r} must be named {expected_name!r}")
+        sha = entry.get("sha256")
+        if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+            fail(f"entry {name!r}: sha256 must be 64 lowercase hex digits")
+    return data
+
+
+def read_engine_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The validated ``manifest.json`` of an engine directory (``BackendError`` if unreadable)."""
+    path = Path(directory) / ENGINE_MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BackendError(f"{path}: unreadable engine manifest ({type(exc).__name__}: {exc}); delete it to "
+                           "rebuild") from None
+    return check_engine_manifest(data, path)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Streaming sha256 of a file (engines can be gigabytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def engine_file_problem(entry: dict[str, Any], path: str | os.PathLike) -> str | None:
+    """Why the engine file at ``path`` does not match its manifest entry (missing, size, sha256),
+    or None when it does."""
+    path = Path(path)
+    if not path.is_file():
+        return "engine file missing"
+    if not entry.get("sha256"):
+        return "no sha256 recorded for the engine file (built by an older version)"
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        return f"engine file is {size} bytes, the manifest recorded {entry.get('bytes')} (corrupt or replaced)"
+    if file_sha256(path) != entry["sha256"]:
+        return "engine file content does not match its recorded sha256 (corrupt or replaced)"
+    return None
+
+
 def gpu_description() -> str | None:
     """``"<name> (sm_XY)"`` of the current CUDA device, or None without one. Engines record it
     when built and the runtime compares it, so both sides use this one function."""
@@ -177,9 +271,10 @@ def is_engine_directory(path: str | os.PathLike) -> bool:
     if not manifest.is_file():
         return False
     try:
-        return json.loads(manifest.read_text()).get("format") == ENGINE_FORMAT
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
+    return isinstance(data, dict) and data.get("format") == ENGINE_FORMAT
 
 
 def find_plugin_library() -> Path | None:
@@ -222,8 +317,7 @@ class TensorRTRuntime:
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
-        manifest = json.loads((self.directory / ENGINE_MANIFEST).read_text())
-        self.entries: dict[str, dict[str, Any]] = manifest["engines"]
+        self.entries: dict[str, dict[str, Any]] = read_engine_manifest(self.directory)["engines"]
         if not torch.cuda.is_available():
             raise BackendError("backend 'tensorrt' needs a CUDA GPU and a CUDA build of torch; none is available "
                                "here (use backend='onnxruntime' or 'torch')")
@@ -260,6 +354,10 @@ class TensorRTRuntime:
         if name not in self._contexts:
             if name not in self.entries or not (self.directory / name).is_file():
                 raise BackendError(f"{self.directory} has no {name}")
+            problem = engine_file_problem(self.entries[name], self.directory / name)
+            if problem is not None:
+                raise BackendError(f"{self.directory / name}: {problem}; rebuild with: s4d-export build "
+                                   f"--engine-dir {self.directory}")
             engine = self.runtime.deserialize_cuda_engine((self.directory / name).read_bytes())
             if engine is None:
                 raise BackendError(f"{name}: TensorRT could not deserialize the engine (built for another GPU or "

@@ -21,9 +21,11 @@ says what was expected.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import closing
@@ -39,11 +41,15 @@ __all__ = [
     "FrameSequence",
     "IMAGE_EXTENSIONS",
     "InputError",
+    "MAX_FRAME_PIXELS",
     "PreparedSequence",
     "REMBG_MODEL_FILE",
     "VIDEO_EXTENSIONS",
     "border_key_alpha",
+    "broken_link_reason",
+    "check_time_window",
     "load_frames",
+    "max_frame_pixels",
     "natural_sort_key",
     "object_box",
     "prepare_sequence",
@@ -67,6 +73,11 @@ REMBG_MODEL_FILE = "u2net.onnx"
 REMBG_MODEL_MD5 = "60024c5c889badc19c04ad937298a77b"
 
 MATTING_METHODS = ("auto", "none", "rembg", "border")
+
+#: Most pixels one decoded frame (image or video) may have: 8192 x 8192. A larger frame is refused
+#: before its pixels are decoded (decompression bombs); ``$S4D_MAX_FRAME_PIXELS`` overrides it.
+MAX_FRAME_PIXELS = 8192 * 8192
+MAX_FRAME_PIXELS_ENV = "S4D_MAX_FRAME_PIXELS"
 
 
 class InputError(ValueError):
@@ -160,10 +171,7 @@ def load_frames(source, num_frames: int, start: float | None = None,
     num_frames = int(num_frames)
     if num_frames < 1:
         raise InputError(f"num_frames must be >= 1, got {num_frames}")
-    start = _check_time("start", start)
-    end = _check_time("end", end)
-    if start is not None and end is not None and start >= end:
-        raise InputError(f"start ({start} s) must be before end ({end} s)")
+    start, end = check_time_window(start, end)
 
     if isinstance(source, (list, tuple)) or (isinstance(source, np.ndarray) and source.ndim == 4):
         if start is not None or end is not None:
@@ -179,7 +187,8 @@ def load_frames(source, num_frames: int, start: float | None = None,
 
     path = Path(source)
     if not path.exists():
-        raise InputError(f"input path {str(path)!r} does not exist")
+        link = broken_link_reason(path)
+        raise InputError(f"input path {str(path)!r} " + (f"is {link}" if link else "does not exist"))
     if path.is_dir():
         if start is not None or end is not None:
             raise InputError(f"start/end select frames by time and only apply to video files; "
@@ -191,16 +200,78 @@ def load_frames(source, num_frames: int, start: float | None = None,
     return _load_video(path, num_frames, start, end)
 
 
-def _check_time(name: str, value) -> float | None:
-    if value is None:
-        return None
+def check_time_window(start, end, names: tuple[str, str] = ("start", "end")) -> tuple[float | None, float | None]:
+    """``(start, end)`` as floats (None = open), or ``InputError``: each must be a finite time in
+    seconds >= 0, and start before end. ``names`` label them in messages (e.g. CLI options)."""
+    values = []
+    for name, value in zip(names, (start, end)):
+        if value is not None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise InputError(f"{name} must be a time in seconds, got {value!r}") from None
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"{name} must be a finite time in seconds >= 0, got {value}")
+        values.append(value)
+    if values[0] is not None and values[1] is not None and values[0] >= values[1]:
+        raise InputError(f"{names[0]} ({values[0]} s) must be before {names[1]} ({values[1]} s)")
+    return values[0], values[1]
+
+
+def broken_link_reason(path: str | os.PathLike) -> str | None:
+    """``"a symbolic link loop"`` / ``"a dangling symbolic link (-> target)"`` when ``path`` (or a
+    link on the way to it) cannot be resolved; None otherwise (also when it simply does not exist)."""
     try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a time in seconds, got {value!r}") from None
-    if not math.isfinite(value):
-        raise InputError(f"{name} must be a finite time in seconds, got {value}")
+        os.stat(path)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return f"a dangling symbolic link (-> {os.readlink(path)})"
+        return None
+
+
+def max_frame_pixels() -> int:
+    """The decoded-pixel cap per frame: ``$S4D_MAX_FRAME_PIXELS`` or :data:`MAX_FRAME_PIXELS`."""
+    raw = os.environ.get(MAX_FRAME_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_FRAME_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"{MAX_FRAME_PIXELS_ENV} must be a positive integer (pixels per frame), got {raw!r}")
     return value
+
+
+def _check_frame_pixels(width: int, height: int, what: str) -> None:
+    limit = max_frame_pixels()
+    if width * height > limit:
+        raise InputError(f"{what} has {width}x{height} = {width * height:,} pixels per frame, over the limit of "
+                         f"{limit:,} (a guard against decompression bombs); downscale it, or raise the limit "
+                         f"with {MAX_FRAME_PIXELS_ENV}=<pixels>")
+
+
+def _open_image(path: Path, label: str) -> Image.Image:
+    """Open an image (header only) with our pixel cap instead of PIL's global one."""
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # PIL's own check would refuse above 2 x 89 MP and warn above 89 MP
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"cannot read image {str(path)!r} in {label!r}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    try:
+        _check_frame_pixels(*image.size, f"image {str(path)!r}")
+    except InputError:
+        image.close()
+        raise
+    return image
 
 
 def _too_few(label: str, available: int, requested: int, window: str = "") -> InputError:
@@ -264,32 +335,34 @@ def _unify_channels(frames: list[np.ndarray]) -> list[np.ndarray]:
 
 def _load_directory(path: Path, num_frames: int) -> FrameSequence:
     label = str(path)
-    files = sorted((p for p in path.iterdir()
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                    and not p.name.startswith(".")),
-                   key=lambda p: natural_sort_key(p.name))
+    try:
+        entries = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    except OSError as exc:
+        raise InputError(f"cannot list directory {label!r}: {exc.strerror or exc}") from None
+    for p in entries:  # a frame that silently went missing would shift every later one
+        link = broken_link_reason(p)
+        if link:
+            raise InputError(f"frame {p.name!r} in directory {label!r} is {link}; fix or remove it")
+    files = sorted((p for p in entries if p.is_file()), key=lambda p: natural_sort_key(p.name))
     if not files:
         raise InputError(f"directory {label!r} contains no images; expected frame files with "
                          f"extensions {', '.join(IMAGE_EXTENSIONS)}")
     sizes = []
     for f in files:  # header only: PIL decodes pixel data lazily
-        try:
-            with Image.open(f) as im:
-                sizes.append(im.size)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"cannot read image {str(f)!r} in {label!r}: {exc}") from None
+        with _open_image(f, label) as im:
+            sizes.append(im.size)
     _check_sizes(sizes, [f.name for f in files], f"directory {label!r}")
     if len(files) < num_frames:
         raise _too_few(f"directory {label!r}", len(files), num_frames)
     indices = sample_indices(len(files), num_frames)
     frames = []
     for i in indices:
-        try:
-            with Image.open(files[i]) as im:
+        with _open_image(files[i], label) as im:
+            try:
                 im.load()
                 frames.append(np.asarray(im.convert("RGBA" if _has_alpha_mode(im) else "RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"cannot decode image {str(files[i])!r}: {exc}") from None
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise InputError(f"cannot decode image {str(files[i])!r}: {exc}") from None
     return FrameSequence(_unify_channels(frames), indices, [None] * num_frames, label,
                          len(files))
 
@@ -306,6 +379,12 @@ def _open_video(path: Path):
         raise InputError(f"cannot decode video {str(path)!r}: it has no video stream; "
                          "expected a video file "
                          f"({', '.join(VIDEO_EXTENSIONS)})")
+    codec = container.streams.video[0].codec_context
+    try:  # before any frame is decoded
+        _check_frame_pixels(codec.width or 0, codec.height or 0, f"video {str(path)!r}")
+    except InputError:
+        container.close()
+        raise
     return container
 
 
@@ -331,6 +410,7 @@ def _decode(path: Path) -> Iterator[tuple[int, float | None, object]]:
         index = 0
         try:
             for frame in container.decode(stream):
+                _check_frame_pixels(frame.width, frame.height, f"video {str(path)!r}")  # size may change mid-stream
                 t = frame.time
                 if t is None and rate:
                     t = index / float(rate)

@@ -1,6 +1,7 @@
 """s4d-export build / inspect with TensorRT-RTX on the CPU, the engine cache, and the
 TensorRT backend's checks (running engines needs a GPU: not possible here)."""
 
+import hashlib
 import json
 
 import pytest
@@ -20,9 +21,13 @@ def test_stale_reason(tmp_path):
     assert stale_reason(None, ENTRY, engine) == "not built yet"
     assert stale_reason(ENTRY, ENTRY, engine) == "engine file missing"
     engine.write_bytes(b"x")
-    assert stale_reason(ENTRY, dict(ENTRY), engine) is None
-    assert stale_reason(ENTRY, dict(ENTRY, schedule=[4]), engine) == "schedule changed: [1, 1, 2, 4, 8, 16] -> [4]"
-    assert "precision changed" in stale_reason(ENTRY, dict(ENTRY, precision="bf16"), engine)
+    built = dict(ENTRY, bytes=1, sha256=hashlib.sha256(b"x").hexdigest())  # what build records of the file
+    assert stale_reason(built, dict(ENTRY), engine) is None
+    assert stale_reason(built, dict(ENTRY, schedule=[4]), engine) == "schedule changed: [1, 1, 2, 4, 8, 16] -> [4]"
+    assert "precision changed" in stale_reason(built, dict(ENTRY, precision="bf16"), engine)
+    engine.write_bytes(b"y")
+    assert "does not match its recorded sha256" in stale_reason(built, dict(ENTRY), engine)
+    assert "older version" in stale_reason(ENTRY, dict(ENTRY), engine)
 
 
 def test_engine_checks_name_the_fix():

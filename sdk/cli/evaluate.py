@@ -6,7 +6,9 @@ index. Prints per-frame and mean Chamfer, F-score and voxel IoU plus the tempora
 sequences, as a table or (``--json``) as JSON on stdout. Conventions: see :mod:`sdk.metrics`.
 
 Exit codes: 0 success, 2 usage/input errors (missing directory, no meshes, frame counts or indices
-that differ, unreadable mesh, bad option values).
+that differ, unreadable or garbage mesh, non-finite vertex coordinates, bad option values). An
+empty predicted frame (how s4d-convert writes a frame without a surface) is scored, not refused:
+it is listed in ``empty_pred_frames`` and a warning on stderr says so.
 """
 
 from __future__ import annotations
@@ -51,15 +53,48 @@ def find_frames(directory: Path) -> dict[int, Path]:
 
 
 def load_mesh(path: Path):
+    """Read one frame. Unreadable or garbage files, point clouds and non-finite coordinates are
+    input errors; a file that really declares an empty mesh (how s4d-convert writes a frame without
+    a surface) loads as an empty mesh, which the result flags."""
+    import numpy as np
     import trimesh
 
     try:
-        mesh = trimesh.load(str(path), force="mesh")
+        mesh = trimesh.load(str(path), force="mesh", process=False)  # processing would drop NaN vertices
     except Exception as exc:  # noqa: BLE001 - any loader failure is an input error
+        if _declares_empty_mesh(path):
+            return trimesh.Trimesh()
         raise InputError(f"{path}: cannot read mesh ({exc})") from exc
     if not isinstance(mesh, trimesh.Trimesh):
         raise InputError(f"{path}: not a triangle mesh")
+    vertices = np.asarray(mesh.vertices)
+    bad = int((~np.isfinite(vertices)).any(axis=1).sum()) if len(vertices) else 0
+    if bad:
+        raise InputError(f"{path}: {bad} of {len(vertices)} vertices have non-finite (NaN/inf) coordinates; "
+                         "expected finite positions")
+    if len(mesh.faces) == 0 and not _declares_empty_mesh(path):
+        raise InputError(f"{path}: no triangles could be read (garbage, a point cloud or an unsupported variant); "
+                         f"expected a triangle mesh ({', '.join(MESH_FORMATS)})")
+    mesh.merge_vertices()  # what trimesh's default processing does, now that the input is known to be sound
     return mesh
+
+
+def _declares_empty_mesh(path: Path) -> bool:
+    """True if the file states that it holds no surface: an OBJ of only comments / blank lines, a
+    PLY whose header declares zero faces, or a glTF without geometry (it parsed, so it is glTF)."""
+    suffix = path.suffix.lower()
+    if suffix == ".glb":
+        return True
+    try:
+        head = path.read_bytes()[:65536].decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    if suffix == ".obj":
+        return all(not line.strip() or line.lstrip().startswith("#") for line in head.splitlines())
+    if suffix == ".ply":
+        header = head.split("end_header", 1)[0].split()
+        return header[:1] == ["ply"] and any(header[i:i + 3] == ["element", "face", "0"] for i in range(len(header)))
+    return False
 
 
 def match_frames(pred: dict[int, Path], gt: dict[int, Path]) -> list[int]:
@@ -141,10 +176,16 @@ def evaluate(
     except (InputError, ValueError) as exc:
         usage_error(str(exc))
     result["pred_dir"], result["gt_dir"] = str(pred_dir), str(gt_dir)
+    empty = [i for i, mesh in zip(indices, pred_meshes) if len(mesh.faces) == 0]
+    result["empty_pred_frames"] = empty
     if as_json:
         typer.echo(json.dumps(_finite_or_none(result), indent=2))
     else:
         typer.echo(format_table(result))
+    if empty:
+        typer.echo(f"warning: {len(empty)} of {len(indices)} predicted frames are empty meshes (frames {empty}): "
+                   "they score Chamfer inf (null in JSON), F-score 0 and IoU 0, so the mean Chamfer is inf",
+                   err=True)
     raise typer.Exit(code=0)
 
 
