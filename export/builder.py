@@ -17,6 +17,7 @@ manifest's shape is validated (``sdk.runtimes.check_engine_manifest``) before an
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -33,8 +34,8 @@ from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 from sdk.runtimes import (ENGINE_FORMAT, ENGINE_MANIFEST, BackendError, engine_file_problem, find_plugin_library,
                           gpu_description, read_engine_manifest)
 
-from .onnx import ExportError, export_onnx, exporter_fingerprint, load_models
-from .tensorrt import ShapeRange, TensorRTError, build_engine, import_tensorrt, plugin_rejection
+from .onnx import DTYPES, ExportError, export_onnx, exporter_fingerprint, load_models
+from .tensorrt import BuiltEngine, ShapeRange, TensorRTError, build_engine, import_tensorrt, plugin_rejection
 
 MANIFEST = ENGINE_MANIFEST
 PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
@@ -74,8 +75,10 @@ def _load_plugin(trt, log: Callable[[str], None]) -> Path | None:
             "BlockSparseAttention ONNX function body (standard ops) is built instead - correct, but memory-hungry "
             "and slow beyond small sizes")
         return None
-    if not lib.is_file():
-        raise TensorRTError(f"plugin library {lib} does not exist (S4D_TRT_PLUGIN)")
+    if not lib.is_file():  # never die on a plugin problem: say so and build the ONNX body
+        log(f"plugin: {lib} does not exist (S4D_TRT_PLUGIN); the BlockSparseAttention ONNX function body is built "
+            "instead")
+        return None
     registry = trt.get_plugin_registry()
     key = str(lib.resolve())
     if key in _LOADED_PLUGINS:  # the registry is per process; loading twice fails
@@ -85,8 +88,9 @@ def _load_plugin(trt, log: Callable[[str], None]) -> Path | None:
             "over it")
         return lib
     if registry.load_library(str(lib)) is None:
-        raise TensorRTError(f"TensorRT could not load the plugin library {lib} (see the log above); rebuild it "
-                            "against this TensorRT (plugins_trt/README.md)")
+        log(f"plugin: TensorRT could not load {lib} (see the log above; rebuild it against this TensorRT, "
+            "plugins_trt/README.md); the BlockSparseAttention ONNX function body is built instead")
+        return None
     _LOADED_PLUGINS.add(key)
     log(f"plugin: loaded {lib}")
     return lib
@@ -114,12 +118,17 @@ def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: P
     return engine_file_problem(old, engine_path)
 
 
-def plugin_decision(trt, plugin: Path | None, attrs: dict[str, Any] | None) -> str | None:
+PLUGIN_PRECISIONS = ("fp16", "bf16")  # the CUDA kernel's dtypes
+
+
+def plugin_decision(trt, plugin: Path | None, attrs: dict[str, Any] | None, precision: str) -> str | None:
     """Why a DiT graph's BlockSparseAttention nodes will NOT become plugin layers (None: they will)."""
     if attrs is None:
         return "the graph has no BlockSparseAttention node"
     if plugin is None:
         return "no plugin library is loaded"
+    if precision not in PLUGIN_PRECISIONS:
+        return f"the plugin takes {' or '.join(PLUGIN_PRECISIONS)} graphs, this one is {precision}"
     return plugin_rejection(trt, attrs)
 
 
@@ -128,12 +137,49 @@ def plugin_stale_reason(trt, plugin: Path | None, old: dict[str, Any]) -> str | 
     (or the reverse) is stale: the same key, but not what a build would make now."""
     if old.get("part") != "dit" or "plugin_layers" not in old:
         return None
-    uses_plugin = plugin_decision(trt, plugin, old.get("block_sparse_node")) is None
+    if old.get("plugin_fallback") and plugin is not None and old.get("plugin_path") == str(plugin):
+        return None  # the same library failed to build this graph last time: keep the ONNX-body engine
+    uses_plugin = plugin_decision(trt, plugin, old.get("block_sparse_node"), old.get("precision", "fp16")) is None
     if uses_plugin and not old["plugin_layers"]:
         return "the loaded plugin accepts this graph now (the cached engine runs the ONNX function body)"
     if not uses_plugin and old["plugin_layers"]:
         return "the cached engine uses the plugin, which the loaded library does not accept for this graph"
     return None
+
+
+def engine_shapes(part: str, image_size: int, max_query_points: int = 1 << 18,
+                  max_images: int = 16) -> dict[str, ShapeRange] | None:
+    """The optimisation profile of a part's engine (inputs not named: batch 1..2, opt 2)."""
+    if part == "vae_query":
+        return {"xyz": ShapeRange((1, 1, 3), (1, max_query_points, 3), (1, max_query_points, 3))}
+    if part == "conditioner":
+        return {"images": ShapeRange((1, 3, image_size, image_size), (min(4, max_images), 3, image_size, image_size),
+                                     (max_images, 3, image_size, image_size))}
+    return None
+
+
+def build_part_engine(trt, flavour: str, plugin: Path | None, name: str, onnx_file: Path,
+                      node: dict[str, Any] | None, precision: str, shapes: dict[str, ShapeRange] | None,
+                      log: Callable[[str], None] = print) -> tuple[BuiltEngine, str | None]:
+    """Build one engine; a graph with BlockSparseAttention nodes (``node``: their attributes) uses
+    the plugin when the loaded library takes them, else the ONNX function body, and falls back to
+    the body if the build with the plugin fails. Returns (engine, why the plugin build failed)."""
+    # graphs without the node parse straight from their file (use_plugin has nothing to map)
+    use_plugin = node is None
+    if node is not None:
+        why_not = plugin_decision(trt, plugin, node, precision)
+        use_plugin = why_not is None
+        if plugin is not None and not use_plugin:
+            log(f"{name}: BlockSparseAttention plugin not used: {why_not}; building the ONNX function body instead")
+    try:
+        return build_engine(onnx_file, shapes, flavour=flavour, use_plugin=use_plugin, log=log), None
+    except TensorRTError as exc:
+        if not (use_plugin and node is not None):
+            raise
+        # the plugin accepted the node but the build failed around it: never die on a plugin problem
+        log(f"{name}: building with the BlockSparseAttention plugin failed ({exc}); building the ONNX "
+            "function body instead")
+        return build_engine(onnx_file, shapes, flavour=flavour, use_plugin=False, log=log), str(exc)
 
 
 def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: str = "fp16",
@@ -157,7 +203,8 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
     manifest = read_manifest(out)
     report = BuildReport(out)
     plugin = _load_plugin(trt, log)
-    models = load_models(checkpoint)
+    # in the engine's precision: an fp16 checkpoint's weights are used memory-mapped, not copied
+    models = load_models(checkpoint, DTYPES[precision])
     temporal = models[0].config.temporal
     base = {"precision": precision, "flavour": flavour, "exporter": exporter_fingerprint(),
             "tensorrt_version": trt.__version__, "target": target_description(flavour),
@@ -169,6 +216,8 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
 
     jobs: list[tuple[str, int | None]] = [("dit", int(t)) for t in dict.fromkeys(frames)]
     jobs += [("vae_decoder", None), ("vae_query", None), ("conditioner", None)]
+    # 1. export every stale part while the PyTorch models are loaded ...
+    pending = []
     for part, t in jobs:
         name = f"dit_t{t}.engine" if part == "dit" else f"{part}.engine"
         entry = dict(base, part=part, frames=t, model_hash=models[3][PART_HASH[part]],
@@ -191,39 +240,32 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
         onnx_dir = out / "onnx" / (f"dit_t{t}" if part == "dit" else part)
         export = export_onnx(models, onnx_dir, frames=t or 1, dtype=precision, schedule=base["schedule"],
                              anchor=base["anchor"], block_size=base["block_size"], parts=(part,))
-        shapes = None
-        if part == "vae_query":
-            shapes = {"xyz": ShapeRange((1, 1, 3), (1, max_query_points, 3), (1, max_query_points, 3))}
-        elif part == "conditioner":
-            size = models[2].config.image_size
-            shapes = {"images": ShapeRange((1, 3, size, size), (min(4, max_images), 3, size, size),
-                                           (max_images, 3, size, size))}
+        pending.append((name, part, entry, export, round(time.perf_counter() - t0, 2)))
+    image_size, source = models[2].config.image_size, models[3]
+    # 2. ... then free them: TensorRT holds a copy of the weights while it builds, the largest
+    # engine is as big as the model, and the two need not coexist with the PyTorch model
+    del models
+    gc.collect()
+    for name, part, entry, export, export_seconds in pending:
+        t0 = time.perf_counter()
+        shapes = engine_shapes(part, image_size, max_query_points, max_images)
         exported = export.manifest
-        use_plugin = False
-        if part == "dit":
-            why_not = plugin_decision(trt, plugin, exported["block_sparse_node"])
-            use_plugin = why_not is None
-            if plugin is not None and exported["block_sparse_node"] is not None and not use_plugin:
-                log(f"{name}: BlockSparseAttention plugin not used: {why_not}; building the ONNX function body instead")
-        try:
-            built = build_engine(export.files[part], shapes, flavour=flavour, use_plugin=use_plugin, log=log)
-        except TensorRTError as exc:
-            if not use_plugin:
-                raise
-            # the plugin accepted the node but the build failed around it: never die on a plugin problem
-            log(f"{name}: building with the BlockSparseAttention plugin failed ({exc}); building the ONNX "
-                "function body instead")
-            built = build_engine(export.files[part], shapes, flavour=flavour, use_plugin=False, log=log)
+        built, fallback = build_part_engine(trt, flavour, plugin, name, export.files[part],
+                                            exported["block_sparse_node"] if part == "dit" else None, precision,
+                                            shapes, log)
         engine = built.data
         atomic_write_bytes(out / name, engine)
         manifest["engines"][name] = dict(
             entry, file=name, bytes=len(engine), sha256=hashlib.sha256(engine).hexdigest(),
-            onnx=str(export.files[part]), source=models[3],
-            built_at=time.strftime("%Y-%m-%dT%H:%M:%S"), build_seconds=round(time.perf_counter() - t0, 2),
+            onnx=str(export.files[part]), source=source,
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%S"), export_seconds=export_seconds,
+            build_seconds=round(export_seconds + time.perf_counter() - t0, 2),
             host=platform.node(), tokens_per_frame=exported["tokens_per_frame"], plugin_layers=built.plugin_layers,
+            plugin_fallback=fallback,
             context_tokens=exported["context_tokens"],
             block_sparse_node=exported["block_sparse_node"] if part == "dit" else None,
             configs={k: exported[k] for k in ("dit_config", "vae_config", "conditioner_config")})
+        del built, engine
         atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
         report.built.append(name)
     return report

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import warnings
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,10 +98,18 @@ class Fp32Norm(nn.Module):
 
 
 def half_precision_copy(module: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
-    """An fp16 (or bf16) copy of ``module`` whose LayerNorm / RMSNorm layers compute in fp32."""
+    """An fp16 (or bf16) copy of ``module`` whose LayerNorm / RMSNorm layers compute in fp32.
+
+    Tensors that already have ``dtype`` are shared with ``module``, not copied (only the module
+    structure is): a model loaded in fp16 is exported without a second copy of its weights. The
+    norms' own parameters are always copied, since they are converted to fp32."""
+    norm_params = {id(t) for m in module.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
+                   for t in m.parameters(recurse=False)}
+    shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())
+              if t.dtype == dtype and id(t) not in norm_params}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecation notice on deepcopy
-        clone = copy.deepcopy(module).to(dtype)
+        clone = copy.deepcopy(module, memo=dict(shared)).to(dtype)
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, (nn.LayerNorm, nn.RMSNorm)):
@@ -207,7 +216,7 @@ class ExportResult:
 
 
 def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
-                   dynamic_shapes: Any = None) -> dict[str, Any] | None:
+                   dynamic_shapes: Any = None, external_data: bool | None = None) -> dict[str, Any] | None:
     import onnx
 
     module = module.eval()
@@ -224,8 +233,10 @@ def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list
                                         report=False)
     finally:
         logging.disable(previous_disable)
-    big = sum(p.numel() * p.element_size() for p in module.parameters()) > TWO_GB * 0.9
-    program.save(str(path), external_data=big)
+    if external_data is None:  # protobuf cannot hold more than 2 GB: weights go to <file>.data
+        external_data = sum(p.numel() * p.element_size() for p in module.parameters()) > TWO_GB * 0.9
+    program.save(str(path), external_data=external_data)
+    del program  # holds references to the weights' tensors
     # Post-process the saved proto without loading external weights: add the local function,
     # drop the exporter's per-node bookkeeping.
     model = onnx.load(str(path), load_external_data=False)
@@ -244,10 +255,12 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
                 schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
                 block_size: int | None = None, parts: Sequence[str] = ("dit", "vae_decoder", "vae_query",
                                                                           "conditioner"),
-                overwrite: bool = True) -> ExportResult:
+                overwrite: bool = True, external_data: bool | None = None) -> ExportResult:
     """Export ``source`` (a checkpoint path, ``"tiny"`` for the tiny random model, or the tuple
     ``load_models`` returns) into ``out_dir`` for ``frames`` frames. Files are written to a temp
-    dir, then moved in place. The models are modified in place only by the schedule override."""
+    dir, then moved in place. The models are modified in place only by the schedule override.
+    ``external_data``: weights in ``<graph>.onnx.data`` beside each graph; None (default) does
+    that for graphs over ~2 GB, which protobuf cannot hold."""
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ExportError(f"--frames must be a positive integer, got {frames!r}")
     if dtype not in DTYPES:
@@ -262,7 +275,7 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
         check_target(out, overwrite, written_export, ExportError)
     except ValueError as exc:  # ExportError, or a dangerous target (., .., a parent of the cwd)
         raise ExportError(str(exc)) from None
-    dit, vae, cond, source_info = source if isinstance(source, tuple) else load_models(source)
+    dit, vae, cond, source_info = source if isinstance(source, tuple) else load_models(source, DTYPES[dtype])
     temporal = dit.config.temporal
     try:
         strides = resolve_schedule(schedule) if schedule is not None else temporal.schedule
@@ -289,13 +302,14 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
                        torch.randn(2, frames, L, Cc, generator=gen).to(torch_dtype))
             batch = torch.export.Dim("batch", min=1, max=2)
             node_attrs = _export_module(prepare(dit), example, tmp / FILES["dit"], ["latents", "t", "context"],
-                                        ["velocity"], dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
+                                        ["velocity"], dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                                        external_data=external_data)
             files["dit"] = out / FILES["dit"]
         vcfg = vae.config
         if "vae_decoder" in parts:
             lat = torch.randn(1, vcfg.num_latents, vcfg.embed_dim, generator=gen).to(torch_dtype)
             _export_module(prepare(VAEDecoderGraph(vae)), (lat,), tmp / FILES["vae_decoder"], ["latents"],
-                           ["key", "value"])
+                           ["key", "value"], external_data=external_data)
             files["vae_decoder"] = out / FILES["vae_decoder"]
         if "vae_query" in parts:
             with torch.no_grad():
@@ -304,13 +318,15 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
             points = torch.export.Dim("points", min=1, max=1 << 24)
             _export_module(prepare(VAEQueryGraph(vae)), (kv.key.to(torch_dtype), kv.value.to(torch_dtype), xyz),
                            tmp / FILES["vae_query"], ["key", "value", "xyz"], ["field"],
-                           dynamic_shapes=(None, None, {1: points}))
+                           dynamic_shapes=(None, None, {1: points}),
+                           external_data=external_data)
             files["vae_query"] = out / FILES["vae_query"]
         if "conditioner" in parts:
             size = cond.config.image_size
             images = torch.randn(1, 3, size, size, generator=gen).to(torch_dtype)
             _export_module(prepare(cond), (images,), tmp / FILES["conditioner"], ["images"], ["tokens"],
-                           dynamic_shapes=({0: torch.export.Dim("images", min=1, max=64)},))
+                           dynamic_shapes=({0: torch.export.Dim("images", min=1, max=64)},),
+                           external_data=external_data)
             files["conditioner"] = out / FILES["conditioner"]
         manifest = {
             "format": EXPORT_FORMAT, "version": 1, "frames": frames, "dtype": dtype, "opset": OPSET,
@@ -354,9 +370,11 @@ def _export_settings(dit: nn.Module, temporal):
             moe.impl = impl
 
 
-def load_models(source: str | os.PathLike):
+def load_models(source: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """(dit, vae, conditioner, source info) from a checkpoint path, ``"default"`` (the embedded
-    demo model) or ``"tiny"``."""
+    demo model) or ``"tiny"``. A DiT stored in ``dtype`` keeps the checkpoint's memory-mapped
+    tensors as its weights (no copy: how a 3B-parameter fp16 DiT fits on a 24 GB machine);
+    otherwise the weights are converted to float32 as for inference."""
     from sdk.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint, state_dict_hash
 
     if str(source) in ("tiny", "tiny-random"):
@@ -371,7 +389,10 @@ def load_models(source: str | os.PathLike):
         ckpt = load_checkpoint(resolve_model_path(source))
         if ckpt.vae is None or ckpt.conditioner is None:
             raise ExportError(f"{ckpt.source}: export needs DiT, VAE and conditioner weights")
-        dit, vae, cond = build_dit(ckpt), build_vae(ckpt), build_conditioner(ckpt)
+        stored = {t.dtype for t in ckpt.dit.values()}
+        dit_dtype = dtype if stored == {dtype} else torch.float32
+        dit, vae, cond = (build_dit(ckpt, dtype=dit_dtype, share_memory=True), build_vae(ckpt),
+                          build_conditioner(ckpt))
         info = {"name": ckpt.metadata.get("name", Path(ckpt.source).name), "path": str(ckpt.source),
                 "layout": ckpt.layout}
         if "defaults" in ckpt.metadata:  # run settings travel with the model into exports and engines

@@ -65,7 +65,7 @@ def import_tensorrt(flavour: str = "auto") -> tuple[ModuleType, str]:
 class BuiltEngine:
     """A serialized engine and how its BlockSparseAttention nodes were built."""
 
-    data: bytes
+    data: memoryview  # the serialized engine, a view of TensorRT's buffer (no copy of a GB-sized engine)
     plugin_layers: int  # BlockSparseAttention plugin layers in the parsed network (0: ONNX body)
 
 
@@ -94,15 +94,12 @@ def plugin_rejection(trt: ModuleType, attrs: dict[str, Any]) -> str | None:
         return f"no {ONNX_DOMAIN}::{ONNX_OP} version {PLUGIN_VERSION} creator is registered"
     try:
         plugin = creator.create_plugin("s4d_probe", plugin_fields(trt, attrs), trt.TensorRTPhase.BUILD)
-    except Exception as exc:  # noqa: BLE001 - any failure inside the plugin means "not usable"
-        plugin = None
-        detail = f": {exc}"
-    else:
-        detail = " (its message is in the log above)"
+    except Exception as exc:  # noqa: BLE001 - the registered creator is not one we can talk to
+        return f"asking the registered plugin creator failed ({type(exc).__name__}: {exc})"
     if plugin is not None:
         return None
     return (f"the loaded plugin rejects head_dim={attrs.get('head_dim')}, block_size={attrs.get('block_size')}, "
-            f"tokens_per_frame={attrs.get('tokens_per_frame')}{detail}")
+            f"tokens_per_frame={attrs.get('tokens_per_frame')} (its message is in the log above)")
 
 
 def _rtx_library_dir() -> Path | None:
@@ -201,7 +198,8 @@ def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = N
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTError(f"{name} failed to build an engine from {onnx_path} (see the log above)")
-    return BuiltEngine(bytes(serialized), plugin_layers)
+    del parser, network, builder, config  # the parser holds a copy of the weights
+    return BuiltEngine(memoryview(serialized), plugin_layers)
 
 
 def input_names(onnx_path: str | Path) -> Sequence[str]:

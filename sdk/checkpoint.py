@@ -163,11 +163,13 @@ def _read_safetensors_parts(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    # memory-mapped: a model built with build_dit(..., dtype=<the file's dtype>) uses these
+    # tensors as its parameters, so the weights are never held twice
+    from .tensorfile import TensorFileError, map_safetensors
 
     try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:
+        return map_safetensors(path)
+    except (OSError, TensorFileError) as exc:
         raise CheckpointError(_unreadable_message(path, exc)) from None
 
 
@@ -345,13 +347,19 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], sou
 
 
 def build_dit(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-              temporal: TemporalConfig | None = None) -> "torch.nn.Module":
+              temporal: TemporalConfig | None = None, share_memory: bool = False) -> "torch.nn.Module":
     """The ``Sculpt4DDiT`` of a checkpoint. Without temporal weights the model runs in per-frame
     Hunyuan3D mode (temporal module off) and one ``PerFrameModeWarning`` says so.
 
     ``temporal`` overrides the schedule/anchor/block size/backend; ``enabled=False`` runs a 4D
     checkpoint per frame (its temporal weights are left out: the paper's per-frame ablation).
     It cannot enable a module whose weights do not exist.
+
+    ``share_memory=True``: when the checkpoint's tensors already have ``dtype`` and live on the
+    CPU, they become the parameters as they are (memory-mapped from safetensors): no copy, so a
+    3B-parameter fp16 DiT costs no memory beyond the page cache (the exporter uses this). The
+    default copies into freshly allocated, aligned memory (bit-identical math to a model that
+    was never saved).
     """
     from .models.dit import Sculpt4DDiT
 
@@ -372,6 +380,10 @@ def build_dit(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch
     with torch.device("meta"):
         model = Sculpt4DDiT(cfg)
     check_state_dict(model, state, ckpt.source, "dit")
+    if share_memory and torch.device(device).type == "cpu" and \
+            all(t.dtype == dtype and t.device.type == "cpu" for t in state.values()):
+        model.load_state_dict(dict(state), strict=True, assign=True)
+        return model.eval()
     model = model.to_empty(device=device)
     model.load_state_dict(dict(state), strict=True)
     return model.to(dtype=dtype).eval()
@@ -417,6 +429,54 @@ def state_dict_hash(sd: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def _random_init(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Plausible random weights: norms' scales 1, biases 0, matrices N(0, 0.02)."""
+    if name.endswith(".bias") or len(shape) == 0:
+        return torch.zeros(shape)
+    if len(shape) == 1:
+        return torch.ones(shape)
+    return torch.randn(shape, generator=generator) * 0.02
+
+
+def write_random_checkpoint(directory: str | os.PathLike, dit_config: DiTConfig, vae_config: VAEConfig,
+                            conditioner_config: ConditionerConfig, dtype: torch.dtype = torch.float16,
+                            seed: int = 0, metadata: dict[str, Any] | None = None, overwrite: bool = False,
+                            progress=None) -> Path:
+    """Our layout with random weights, for benchmarks and export checks at any size (the
+    full-size DiT is 3B parameters). Models are instantiated on the meta device and every
+    tensor is generated and streamed to disk on its own, so memory stays at one tensor."""
+    from .atomic import atomic_directory
+    from .models.conditioner import ImageConditioner
+    from .models.dit import Sculpt4DDiT
+    from .models.vae import ShapeVAE
+    from .tensorfile import SafetensorsWriter
+
+    generator = torch.Generator().manual_seed(seed)
+    target = Path(directory)
+    with atomic_directory(target, overwrite, exists_error=CheckpointError) as tmp:
+        manifest: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                                    "metadata": {"name": "random", "seed": seed, **(metadata or {})}}
+        for name, cls, config in (("dit", Sculpt4DDiT, dit_config), ("vae", ShapeVAE, vae_config),
+                                  ("conditioner", ImageConditioner, conditioner_config)):
+            with torch.device("meta"):
+                model = cls(config)
+            # persistent state only: what save_checkpoint would write (no non-persistent buffers)
+            specs = [(k, tuple(v.shape), dtype if v.is_floating_point() else v.dtype)
+                     for k, v in model.state_dict().items()]
+            digest = hashlib.sha256()
+            with SafetensorsWriter(tmp / PART_FILES[name], specs) as writer:
+                for key, shape, tensor_dtype in specs:
+                    tensor = _random_init(key, shape, generator).to(tensor_dtype)
+                    digest.update(f"{key}|{tensor.dtype}|{shape}|".encode())
+                    writer.write(key, tensor)
+                    if progress is not None:
+                        progress(name, key)
+            manifest[f"{name}_config"] = to_dict(config)
+            manifest.setdefault("hashes", {})[name] = "random-" + digest.hexdigest()[:16]
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return target
 
 
 def save_checkpoint(directory: str | os.PathLike, dit: torch.nn.Module, vae: torch.nn.Module | None = None,

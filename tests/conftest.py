@@ -16,6 +16,21 @@ def ci_evidence() -> Callable[[str], None]:
     return _EVIDENCE.append
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: minutes of CPU and many GB of RAM; run with S4D_RUN_SLOW=1")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    import os
+
+    if os.environ.get("S4D_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow (minutes, GBs of RAM): set S4D_RUN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if _EVIDENCE:
         terminalreporter.section("what the tests built and proved")

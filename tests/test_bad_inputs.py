@@ -671,6 +671,7 @@ def test_export_onnx_bad_checkpoint(tmp_path):
 def fake_trt(monkeypatch):
     """TensorRT stand-in: the builder's cache, manifest and verification logic run for real."""
     import export.builder as builder
+    from export.tensorrt import BuiltEngine
 
     trt = SimpleNamespace(__version__="0.0-fake")
     monkeypatch.setattr(builder, "import_tensorrt", lambda target: (trt, target))
@@ -684,7 +685,8 @@ def fake_trt(monkeypatch):
             "dit_config": {}, "vae_config": {}, "conditioner_config": {}})
 
     monkeypatch.setattr(builder, "export_onnx", fake_export)
-    monkeypatch.setattr(builder, "build_engine", lambda path, shapes, flavour: b"engine:" + str(path).encode() * 64)
+    monkeypatch.setattr(builder, "build_engine", lambda path, shapes, flavour, use_plugin, log: BuiltEngine(
+        memoryview(b"engine:" + str(path).encode() * 64), 0))
 
 
 def build(engines: Path):

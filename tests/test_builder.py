@@ -95,6 +95,11 @@ def test_plugin_stale_reason_follows_what_the_loaded_plugin_accepts(monkeypatch,
     monkeypatch.setattr(builder, "plugin_rejection", lambda trt, attrs: "the loaded plugin rejects block_size=32")
     assert builder.plugin_stale_reason(None, lib, body) is None
     assert "does not accept" in builder.plugin_stale_reason(None, lib, with_plugin)
+    monkeypatch.setattr(builder, "plugin_rejection", lambda trt, attrs: None)
+    assert builder.plugin_stale_reason(None, lib, dict(body, precision="fp32")) is None  # fp32: never the plugin
+    failed = dict(body, plugin_fallback="build failed", plugin_path=str(lib))  # this library failed last time
+    assert builder.plugin_stale_reason(None, lib, failed) is None
+    assert "accepts this graph now" in builder.plugin_stale_reason(None, tmp_path / "other.so", failed)
     legacy = dict(ENTRY, block_sparse_node=node)  # manifests from before plugin_layers: key fields decide
     assert builder.plugin_stale_reason(None, lib, legacy) is None
     assert builder.plugin_stale_reason(None, lib, dict(body, part="vae_query")) is None

@@ -881,6 +881,12 @@ def test_attention_model_covers_the_dispatch():
     launched = {tuple(int(x) for x in m.split(", ")) for m in
                 re.findall(r"launch<Tag, (\d+, \d+, \d+, \d+)>", dispatch)}
     assert launched == set(KERNEL_CONFIGS)
+    # every case label routes to the launch<> of its own (head dim, block size)
+    cases = re.findall(r"case (\d+):(.*?)(?=case \d+:|default:)", dispatch, flags=re.S)
+    assert len(cases) == len(KERNEL_SIZES) ** 2
+    for label, body in cases:
+        for d, bs in re.findall(r"launch<Tag, (\d+), (\d+), \d+, \d+>", body):
+            assert int(label) == int(d) * 1000 + int(bs), (label, d, bs)
 
 
 # =============================================================================================

@@ -196,3 +196,75 @@ def test_export_leaves_the_callers_model_unchanged(tiny, tmp_path):
                 schedule="fixed4", parts=("dit",))
     assert (tiny.dit.config, [m.impl for m in tiny.dit.modules() if hasattr(m, "experts")]) == before
     assert tiny.dit.blocks[0].temporal_attn.temporal.schedule == (1, 1, 2, 4, 8, 16)
+
+
+# ---- the large-model path at a small size: external data, shared fp16 weights -----------------
+
+
+def test_external_data_export_runs_and_builds(exports, tiny, tmp_path):
+    """The >2 GB code path forced on for the tiny model: weights in dit.onnx.data, the same
+    outputs as the single-file export, and TensorRT-RTX builds from it (both parser entry points)."""
+    result = export_onnx("tiny", tmp_path / "ext", frames=FRAMES, dtype="fp16", parts=("dit",), external_data=True)
+    path = result.files["dit"]
+    data_files = [p for p in path.parent.iterdir() if p.suffix == ".data"]
+    assert len(data_files) == 1 and data_files[0].stat().st_size > path.stat().st_size
+    assert data_files[0].name in json.loads((path.parent / "export.json").read_text())["written"]
+    proto = onnx.load(str(path), load_external_data=False)
+    assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
+    x, t, c = dit_inputs(tiny, 2, seed=7)
+    feed = {"latents": x.numpy().astype(np.float16), "t": t.numpy().astype(np.float16),
+            "context": c.numpy().astype(np.float16)}
+    ext = session(path).run(None, feed)[0]
+    single = session(exports["fp16"].files["dit"]).run(None, feed)[0]
+    np.testing.assert_array_equal(ext, single)
+    if __import__("importlib").util.find_spec("tensorrt_rtx") is not None:
+        from export.tensorrt import build_engine
+
+        for use_plugin in (False, True):  # parse(bytes, path) and parse_from_file resolve the .data file
+            assert len(build_engine(path, flavour="tensorrt-rtx", use_plugin=use_plugin).data) > 1000
+
+
+def test_fp16_checkpoint_exports_without_copying_the_dit(tmp_path):
+    from export.onnx import half_precision_copy, load_models
+    from sdk.checkpoint import write_random_checkpoint
+    from sdk.config import ConditionerConfig, DiTConfig, VAEConfig
+
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", DiTConfig.tiny(), VAEConfig.tiny(), ConditionerConfig.tiny(),
+                                   dtype=torch.float16, seed=3)
+    dit, _, _, info = load_models(ckpt, torch.float16)
+    weight = dit.blocks[0].attn1.to_q.weight
+    assert weight.dtype == torch.float16
+    mapped = __import__("sdk.tensorfile", fromlist=["map_safetensors"]).map_safetensors(ckpt / "dit.safetensors")
+    assert torch.equal(weight, mapped["blocks.0.attn1.to_q.weight"])
+    clone = half_precision_copy(dit, torch.float16)
+    assert clone.blocks[0].attn1.to_q.weight.data_ptr() == weight.data_ptr()  # shared, not copied
+    norm = clone.blocks[0].norm1.norm  # norms are copied to fp32; the caller's stay fp16
+    assert norm.weight.dtype == torch.float32 and dit.blocks[0].norm1.weight.dtype == torch.float16
+    fp32_dit = load_models(ckpt)[0]  # an fp32 export converts (copies) as before
+    assert fp32_dit.blocks[0].attn1.to_q.weight.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_a_dit_over_2gb_exports_with_external_data_and_builds_with_the_plugin(tmp_path):
+    """benchmarks/full_export.py at a size whose DiT crosses protobuf's 2 GB limit (1.1B params,
+    2.2 GB in fp16): random checkpoint -> ONNX with external data -> TensorRT-RTX engine whose 7
+    blocks are plugin layers. About 5 minutes and ~10 GB of RAM on 2 cores."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("tensorrt_rtx")
+    from sdk.runtimes import find_plugin_library
+
+    if find_plugin_library() is None:
+        pytest.skip("set S4D_TRT_PLUGIN to a built libs4d_trt_plugin.so (plugins_trt/README.md)")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "full_export.py"
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(script), "--size", "w2048-d7", "--steps", "checkpoint,onnx,engine",
+                           "--parts", "dit", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["step"]: r for r in json.loads(out.read_text())["sizes"]["w2048-d7"]}
+    assert all(r["exit"] == 0 for r in rows.values()), rows
+    assert rows["onnx:dit"]["external_data"] and rows["onnx:dit"]["bytes"] > 2 * 1024 ** 3
+    assert rows["engine:dit"]["plugin_layers"] == 7

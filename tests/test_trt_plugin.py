@@ -308,4 +308,8 @@ def test_a_failed_plugin_build_falls_back_to_the_function_body(plugin_library, t
     result = _build(["--frames", "2", "--checkpoint", "tiny", "--engine-dir", str(engines)], plugin_library,
                     monkeypatch)
     assert "dit_t2.engine: building with the BlockSparseAttention plugin failed" in result.output
-    assert json.loads((engines / "manifest.json").read_text())["engines"]["dit_t2.engine"]["plugin_layers"] == 0
+    dit = json.loads((engines / "manifest.json").read_text())["engines"]["dit_t2.engine"]
+    assert dit["plugin_layers"] == 0 and "failed to build" in dit["plugin_fallback"]
+    again = _build(["--frames", "2", "--checkpoint", "tiny", "--engine-dir", str(engines)], plugin_library,
+                   monkeypatch)  # the same library would fail the same way: no rebuild loop
+    assert "cache hit: dit_t2.engine" in again.output and "4 reused" in again.output

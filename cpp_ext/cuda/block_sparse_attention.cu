@@ -161,7 +161,7 @@ __device__ __forceinline__ int clamp_block(int c, int nb) { return c < 0 ? 0 : (
 //   MT  16-row m-tiles per warp (BS / (16 * MT) warps). MT = 1 keeps the warp's Q fragments in
 //       registers for the whole CTA; MT = 2 re-reads them from shared memory every tile but
 //       uses each K / V fragment for 32 rows, halving the shared-memory traffic per MMA.
-//   BN  keys per K/V tile (32 or 64; BS / BN tiles per key block).
+//   BN  keys per K/V tile (16, 32 or 64, at most BS; BS / BN tiles per key block).
 #ifdef S4D_BSA_DEVICE_OK
 template <typename Tag, int D, int BS, int MT, int BN>
 __device__ __forceinline__ void bsa_fwd_body(const Params& p) {

@@ -79,10 +79,6 @@ KERNEL_SIZES = (16, 32, 64, 128)
 _SUPPORTED_HEAD_DIMS = KERNEL_SIZES
 _SUPPORTED_BLOCK_SIZES = KERNEL_SIZES
 
-
-def kernel_supports(head_dim: int, block_size: int) -> bool:
-    """Whether the CUDA kernel has a compiled variant for this head dim and block size."""
-    return head_dim in KERNEL_SIZES and block_size in KERNEL_SIZES
 _MAX_RESOLUTION = 1024
 
 _lock = threading.Lock()
@@ -90,6 +86,11 @@ _loaded = False
 _reason: str | None = None
 _attempted = False
 _log: list[str] = []
+
+
+def kernel_supports(head_dim: int, block_size: int) -> bool:
+    """Whether the CUDA kernel has a compiled variant for this head dim and block size."""
+    return head_dim in KERNEL_SIZES and block_size in KERNEL_SIZES
 
 
 class CudaKernelsUnavailable(RuntimeError):
@@ -225,8 +226,8 @@ def block_sparse_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 check_csr: bool = True):
     """Block-sparse attention forward with the CUDA kernel.
 
-    q, k, v: CUDA tensors ``[B, H, N, D]`` of one dtype (float16 or bfloat16), D in {64, 128},
-    N a multiple of ``block_size`` (64 or 128). ``kv_offsets`` (int32 ``[N / block_size + 1]``)
+    q, k, v: CUDA tensors ``[B, H, N, D]`` of one dtype (float16 or bfloat16), D in ``KERNEL_SIZES``
+    (16, 32, 64, 128), N a multiple of ``block_size`` (one of the same sizes). ``kv_offsets`` (int32 ``[N / block_size + 1]``)
     and ``kv_indices`` (int32) are ``SparsePattern.kv_block_lists()``, on the CPU or the same
     GPU. ``check_csr`` validates the lists on the host first (a device->host copy when they
     live on the GPU; pass False for lists already validated). Returns ``out`` (q's dtype and

@@ -110,7 +110,7 @@ struct CsrDeviceLayout {
 // ---- every function below returns true on success; on failure it returns false and, when
 // ---- `error` is not null, stores a message naming the offending field / value.
 
-// Value checks: num_frames >= 1; block_size and head_dim supported by the CUDA kernel (64, 128);
+// Value checks: num_frames >= 1; block_size and head_dim supported by the CUDA kernel (16, 32, 64, 128);
 // tokens_per_frame a positive multiple of block_size; 1..kMaxScheduleLength strides, each >= 1;
 // anchor 0 or 1; num_heads >= 1; scale finite; sizes within the kernel's int32 limits.
 bool validate(const Attributes& attrs, std::string* error);
