@@ -11,7 +11,10 @@ Every step runs in its own process, so its peak RSS (``ru_maxrss`` of that proce
     onnx:PART    export_onnx of one part (loads the models itself; external data over 2 GB)
     engine:PART  build_engine of that ONNX graph with TensorRT-RTX (ahead of time, no GPU), the
                  plugin for the DiT (S4D_TRT_PLUGIN, or a CMake build the builder finds)
-Prints a markdown table per size: step, peak RSS, wall time, output size, and plugin layers.
+Prints a markdown table per size: step, peak RSS (the kernel's ru_maxrss of the step's process),
+peak anonymous memory (RssAnon sampled every 50 ms: RSS minus file-backed pages, i.e. minus the
+memory-mapped checkpoint, which the kernel can drop and re-read under pressure), wall time,
+output size, and plugin layers.
 The machine's RAM is the limit to watch (24 GB on the CI machine). Work files go to --work-dir
 (default /tmp/s4d_full_export); add --keep to keep them.
 """
@@ -91,6 +94,33 @@ def step_engine(work: Path, size: str, frames: int, part: str) -> dict:
     return {"bytes": len(built.data), "plugin_layers": built.plugin_layers, "plugin_fallback": fallback}
 
 
+class AnonymousPeak:
+    """Samples this process's RssAnon (kB in /proc/self/status) in a thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                for line in Path("/proc/self/status").read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+            self._stop.wait(interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 # ---- the driver ---------------------------------------------------------------------------------
 
 def run_step(step: str, work: Path, size: str, frames: int) -> dict:
@@ -113,7 +143,7 @@ def run_step(step: str, work: Path, size: str, frames: int) -> dict:
 
 def table(size: str, rows: list[dict]) -> str:
     out = [f"### {size} (T = {rows[0].get('frames', '?')})", "",
-           "| step | peak RSS (GB) | wall (s) | output | notes |", "|---|---:|---:|---:|---|"]
+           "| step | peak RSS (GB) | peak anonymous (GB) | wall (s) | output | notes |", "|---|---:|---:|---:|---:|---|"]
     for r in rows:
         size_text = f"{r['bytes'] / 1024 ** 3:.2f} GB" if "bytes" in r else ""
         notes = []
@@ -126,7 +156,9 @@ def table(size: str, rows: list[dict]) -> str:
         if "plugin_layers" in r and r["step"] == "engine:dit":
             notes.append(f"plugin_layers={r['plugin_layers']}" + (f" (plugin build failed: {r['plugin_fallback']})"
                                                                    if r.get("plugin_fallback") else ""))
-        out.append(f"| {r['step']} | {r['peak_rss_gb']:.2f} | {r['seconds']:.1f} | {size_text} | {'; '.join(notes)} |")
+        anon = f"{r['peak_anon_gb']:.2f}" if "peak_anon_gb" in r else "?"
+        out.append(f"| {r['step']} | {r['peak_rss_gb']:.2f} | {anon} | {r['seconds']:.1f} | {size_text} | "
+                   f"{'; '.join(notes)} |")
     return "\n".join(out)
 
 
@@ -147,7 +179,9 @@ def main() -> None:
     if args.child:
         step, _, part = args.child.partition(":")
         fn = {"checkpoint": step_checkpoint, "load": step_load, "onnx": step_onnx, "engine": step_engine}[step]
+        sampler = AnonymousPeak()
         result = fn(args.work_dir, sizes[0], args.frames, *([part] if part else []))
+        result["peak_anon_gb"] = round(sampler.stop() / 1024 ** 3, 2)
         print("RESULT " + json.dumps(result), flush=True)
         return
 

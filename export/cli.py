@@ -79,17 +79,22 @@ def onnx(
     no_anchor: bool = typer.Option(False, "--no-anchor", help="Drop the first-frame anchor column."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per attention block (default: "
                                                                         "the model's, 128 for the full model)."),
+    external_data: Optional[bool] = typer.Option(None, "--external-data/--no-external-data",
+                                                 help="Weights in <graph>.onnx.data files (default: only for "
+                                                      "graphs over 2 GB, which protobuf cannot hold)."),
     as_json: bool = typer.Option(False, "--json", help="Print the export manifest as JSON."),
 ) -> None:
     """Export dit.onnx (one BlockSparseAttention node per block, with a standard-op local function),
-    vae_decoder.onnx, vae_query.onnx and conditioner.onnx for one frame count."""
+    vae_decoder.onnx, vae_query.onnx and conditioner.onnx for one frame count. An fp16 export of an
+    fp16 checkpoint uses the checkpoint's weights memory-mapped (the full model fits in 24 GB)."""
     from export.onnx import ExportError, export_onnx
     from sdk.checkpoint import CheckpointError
 
     try:
         sched = parse_schedule(schedule) if schedule is not None else None
         result = export_onnx(checkpoint, output, frames=frames, dtype=dtype, schedule=sched,
-                             anchor=False if no_anchor else None, block_size=block_size)
+                             anchor=False if no_anchor else None, block_size=block_size,
+                             external_data=external_data)
     except (ExportError, CheckpointError, PatternError) as exc:
         usage_error(str(exc))
     if as_json:
@@ -98,6 +103,37 @@ def onnx(
         for part, path in result.files.items():
             typer.echo(f"{part:<12} {path}")
         typer.echo(f"export.json  {result.directory / 'export.json'}")
+
+
+RANDOM_SIZES = ("full", "demo", "tiny")
+
+
+@app.command("random-checkpoint")
+def random_checkpoint(
+    output: Path = typer.Option(..., "--output", "-o", help="New checkpoint directory (our layout)."),
+    size: str = typer.Option("full", help="Config size: full (the released 3.4B-parameter DiT, ~7.5 GB in fp16), "
+                                          "demo or tiny."),
+    dtype: str = typer.Option("fp16", help="fp16, bf16 or fp32."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Write a checkpoint with random weights at a given size, for benchmarks and export checks
+    (no public Sculpt4D weights exist). Streamed tensor by tensor: memory stays at one tensor."""
+    from export.onnx import DTYPES
+    from sdk.checkpoint import CheckpointError, write_random_checkpoint
+    from sdk.config import ConditionerConfig, DiTConfig, VAEConfig
+
+    if size not in RANDOM_SIZES:
+        usage_error(f"--size must be one of {', '.join(RANDOM_SIZES)}, got {size!r}")
+    if dtype not in DTYPES:
+        usage_error(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    configs = [getattr(cls, size)() for cls in (DiTConfig, VAEConfig, ConditionerConfig)]
+    try:
+        path = write_random_checkpoint(output, *configs, dtype=DTYPES[dtype], seed=seed,
+                                       metadata={"size": size})
+    except (CheckpointError, OSError) as exc:
+        usage_error(str(exc))
+    total = sum(f.stat().st_size for f in path.iterdir())
+    typer.echo(f"{path}  ({total / 1024 ** 3:.2f} GB, {dtype}, random weights, seed {seed})")
 
 
 @app.command()

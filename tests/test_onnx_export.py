@@ -226,11 +226,16 @@ def test_external_data_export_runs_and_builds(exports, tiny, tmp_path):
 
 def test_fp16_checkpoint_exports_without_copying_the_dit(tmp_path):
     from export.onnx import half_precision_copy, load_models
-    from sdk.checkpoint import write_random_checkpoint
-    from sdk.config import ConditionerConfig, DiTConfig, VAEConfig
 
-    ckpt = write_random_checkpoint(tmp_path / "ckpt", DiTConfig.tiny(), VAEConfig.tiny(), ConditionerConfig.tiny(),
-                                   dtype=torch.float16, seed=3)
+    from typer.testing import CliRunner
+
+    from export.cli import app
+
+    ckpt = tmp_path / "ckpt"
+    made = CliRunner().invoke(app, ["random-checkpoint", "-o", str(ckpt), "--size", "tiny", "--seed", "3"])
+    assert made.exit_code == 0 and "random weights, seed 3" in made.output, made.output
+    again = CliRunner().invoke(app, ["random-checkpoint", "-o", str(ckpt), "--size", "tiny"])
+    assert again.exit_code == 2 and "already exists" in again.output  # never replaced
     dit, _, _, info = load_models(ckpt, torch.float16)
     weight = dit.blocks[0].attn1.to_q.weight
     assert weight.dtype == torch.float16
