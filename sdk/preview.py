@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-PREVIEW_TILE = 256  # pixels per side of each half; even, so the video's size is too
+PREVIEW_TILE = 320  # pixels per side of each half; even, so the video's size is too
 
 
 def preview_frames(meshes: Sequence, images: Sequence[np.ndarray] = (), tile: int = PREVIEW_TILE):
@@ -39,7 +39,7 @@ def preview_frames(meshes: Sequence, images: Sequence[np.ndarray] = (), tile: in
 
 
 def write_preview(meshes: Sequence, path: str | os.PathLike, images: Sequence[np.ndarray] = (),
-                  frame_times: Sequence[float | None] = (), tile: int = PREVIEW_TILE, crf: int = 23) -> Path:
+                  frame_times: Sequence[float | None] = (), tile: int = PREVIEW_TILE, crf: int = 18) -> Path:
     """Render and encode ``preview.mp4``; returns the path."""
     from .gltf import clip_fps
     from .video import write_video

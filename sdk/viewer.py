@@ -13,8 +13,8 @@ no network access at view time (no CDN, no fetch: the meshes are inside the page
   zoom. Playback follows the clip's frame times (``sdk.gltf.animation_times``).
 * Test hooks: ``viewer.html?frame=K`` opens paused on frame K; ``window.s4dViewer`` has
   ``setFrame(i)``, ``play()``, ``pause()``, ``frame``, ``numFrames``; ``<body data-state>`` is
-  ``ready`` once a frame is drawn (``error`` with a message otherwise) and ``data-frame`` the
-  frame shown.
+  ``ready`` once a frame is drawn (``error`` with a message otherwise), ``data-frame`` the
+  frame shown and ``data-draws`` how many times a frame was drawn (playback advances it).
 
 ``screenshot`` / ``dump_dom`` drive a headless Chromium (Debian's ``chromium``) to check a page.
 """
@@ -145,8 +145,9 @@ def _chromium(page: str | os.PathLike, action: list[str], frame: int | None, siz
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--mute-audio", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
                f"--virtual-time-budget={budget_ms}", *action, url]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            cmd.insert(2, "--no-sandbox")  # Chromium refuses to run as root inside its sandbox
+        # No sandbox: Chromium refuses one as root and many containers cannot give it one; the
+        # page is our own file, with no network.
+        cmd.insert(2, "--no-sandbox")
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if result.returncode:
         raise RuntimeError(f"chromium failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
@@ -188,7 +189,7 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
   display: flex; align-items: center; gap: 12px; padding: 0 12px; background: #fff; border-top: 1px solid #d8d8dc; }
 #play { min-width: 72px; height: 30px; }
 #slider { flex: 1; }
-#label { min-width: 150px; font-variant-numeric: tabular-nums; text-align: right; }
+#label { min-width: 200px; font-variant-numeric: tabular-nums; text-align: right; }
 </style>
 </head>
 <body data-state="loading" data-frame="">
@@ -208,7 +209,7 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
   var slider = document.getElementById("slider"), button = document.getElementById("play");
   var label = document.getElementById("label"), msg = document.getElementById("msg");
   var params = new URLSearchParams(location.search);
-  var frames = [], current = 0, playing = true, clock = 0, last = null;
+  var frames = [], current = 0, playing = false, timer = null, draws = 0;
   var lo = meta.box[0], hi = meta.box[1];
   var center = [0, 1, 2].map(function (a) { return (lo[a] + hi[a]) / 2; });
   var radius = Math.max(1e-6, 0.5 * Math.hypot(hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]));
@@ -338,30 +339,27 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
     var info = meta.frames[current];
-    label.textContent = "frame " + (current + 1) + " / " + n + "  \u00b7  " + times[current].toFixed(3) + " s";
+    label.textContent = "frame_" + String(current).padStart(4, "0") + " (" + (current + 1) + " of " + n + ")  \u00b7  " +
+      times[current].toFixed(3) + " s";
     msg.textContent = info.f ? (info.f < info.source_faces ? "simplified for the page: " + info.f + " of " +
       info.source_faces + " triangles" : "") : "no surface in this frame";
     document.body.dataset.frame = String(current);
+    document.body.dataset.draws = String(++draws);
     document.body.dataset.state = "ready";
   }
 
   function setFrame(i) {
     current = Math.max(0, Math.min(n - 1, Math.round(+i) || 0));
     slider.value = String(current);
-    clock = times[current] - times[0];
     draw();
   }
-  function setPlaying(on) { playing = on && n > 1; button.textContent = playing ? "Pause" : "Play"; last = null; }
+  function setPlaying(on) { playing = on && n > 1; button.textContent = playing ? "Pause" : "Play"; schedule(); }
 
-  function tick(now) {
-    if (playing && frames.length) {
-      if (last !== null) clock += (now - last) / 1000;
-      last = now;
-      var duration = times[n - 1] - times[0] + period, t = times[0] + (clock % duration), i = 0;
-      while (i + 1 < n && times[i + 1] <= t) i++;
-      if (i !== current) { current = i; slider.value = String(i); draw(); }
-    }
-    requestAnimationFrame(tick);
+  function schedule() {  // timers, not requestAnimationFrame: the frame times set the pace
+    clearTimeout(timer);
+    if (!playing) return;
+    var next = (current + 1) % n, wait = next ? times[next] - times[current] : period;
+    timer = setTimeout(function () { setFrame(next); schedule(); }, Math.max(1, 1000 * wait));
   }
 
   button.addEventListener("click", function () { setPlaying(!playing); });
@@ -407,9 +405,8 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
     unpack(new Uint8Array(buffer));
     resize();
     var pinned = params.get("frame");
-    setPlaying(pinned === null && params.get("autoplay") !== "0");
     setFrame(pinned === null ? 0 : pinned);
-    requestAnimationFrame(tick);
+    setPlaying(pinned === null && params.get("autoplay") !== "0");
   }).catch(function (err) { fail("Cannot read the embedded meshes: " + err); });
 })();
 </script>

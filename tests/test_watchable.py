@@ -241,6 +241,10 @@ def test_viewer_draws_in_headless_chromium(tmp_path, ci_evidence):
     assert changed > 0.01, f"frames 0 and 3 look the same ({changed:.4f} of pixels differ)"
     dom = dump_dom(page, frame=2)
     assert re.search(r'<body[^>]*data-state="ready"', dom) and re.search(r'<body[^>]*data-frame="2"', dom)
+    assert re.search(r'<button id="play"[^>]*>Play<', dom)  # pinned: paused
+    playing = dump_dom(page, budget_ms=1000)  # no ?frame=: plays at the frame times (0.1 s apart)
+    draws = int(re.search(r'<body[^>]*data-draws="(\d+)"', playing)[1])
+    assert 5 <= draws <= 15 and re.search(r'<button id="play"[^>]*>Pause<', playing)
     ci_evidence(f"viewer.html drawn by headless Chromium: {drawn.mean():.1%} of pixels are the object, "
                 f"{changed:.1%} differ between frames 0 and 3")
 
