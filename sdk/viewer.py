@@ -11,7 +11,8 @@ no network access at view time (no CDN, no fetch: the meshes are inside the page
   the same in headless browsers and on machines without a GPU.
 * Controls: play/pause button (or space), frame slider (or arrow keys), drag to orbit, wheel to
   zoom. Playback follows the clip's frame times (``sdk.gltf.animation_times``).
-* Test hooks: ``viewer.html?frame=K`` opens paused on frame K; ``window.s4dViewer`` has
+* Test hooks: ``viewer.html?frame=K`` opens paused on frame K (``&az=&el=&zoom=``: the first
+  view, degrees and a distance factor); ``window.s4dViewer`` has
   ``setFrame(i)``, ``play()``, ``pause()``, ``frame``, ``numFrames``; ``<body data-state>`` is
   ``ready`` once a frame is drawn (``error`` with a message otherwise), ``data-frame`` the
   frame shown and ``data-draws`` how many times a frame was drawn (playback advances it).
@@ -135,11 +136,12 @@ def find_chromium() -> str | None:
 
 
 def _chromium(page: str | os.PathLike, action: list[str], frame: int | None, size: tuple[int, int],
-              chromium: str | None, budget_ms: int, timeout: float) -> subprocess.CompletedProcess:
+              chromium: str | None, budget_ms: int, timeout: float, query: str = "") -> subprocess.CompletedProcess:
     exe = chromium or find_chromium()
     if exe is None:
         raise FileNotFoundError("no Chromium on PATH (Debian: apt-get install chromium)")
-    url = Path(page).resolve().as_uri() + ("" if frame is None else f"?frame={int(frame)}")
+    query = "&".join(q for q in ("" if frame is None else f"frame={int(frame)}", query) if q)
+    url = Path(page).resolve().as_uri() + (f"?{query}" if query else "")
     with tempfile.TemporaryDirectory(prefix="s4d-chromium-") as profile:
         cmd = [exe, "--headless", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -156,11 +158,11 @@ def _chromium(page: str | os.PathLike, action: list[str], frame: int | None, siz
 
 def screenshot(page: str | os.PathLike, png: str | os.PathLike, frame: int | None = None,
                size: tuple[int, int] = (960, 640), chromium: str | None = None, budget_ms: int = 10_000,
-               timeout: float = 180) -> Path:
-    """Load ``page`` from disk in headless Chromium (``?frame=K`` when ``frame`` is given) and
-    save a PNG of the window; returns the PNG's path."""
+               timeout: float = 180, query: str = "") -> Path:
+    """Load ``page`` from disk in headless Chromium (``?frame=K`` when ``frame`` is given, plus
+    ``query``, e.g. ``"az=120"``) and save a PNG of the window; returns the PNG's path."""
     png = Path(png).resolve()
-    _chromium(page, [f"--screenshot={png}"], frame, size, chromium, budget_ms, timeout)
+    _chromium(page, [f"--screenshot={png}"], frame, size, chromium, budget_ms, timeout, query)
     if not png.is_file():
         raise RuntimeError(f"chromium wrote no screenshot to {png}")
     return png
@@ -213,7 +215,8 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
   var lo = meta.box[0], hi = meta.box[1];
   var center = [0, 1, 2].map(function (a) { return (lo[a] + hi[a]) / 2; });
   var radius = Math.max(1e-6, 0.5 * Math.hypot(hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]));
-  var view = { az: 30, el: 20, zoom: 1, fov: 40 };
+  var view = { az: 30, el: 20, zoom: 1, fov: 40 };  // ?az=&el=&zoom= set the first view
+  ["az", "el", "zoom"].forEach(function (k) { var v = parseFloat(params.get(k)); if (isFinite(v)) view[k] = v; });
   var BG = meta.background;
   var off = document.createElement("canvas"), offCtx = off.getContext("2d"), image = null, zbuf = null;
 
