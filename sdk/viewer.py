@@ -27,6 +27,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -87,8 +88,8 @@ def viewer_payload(meshes: Sequence, frame_times: Sequence[float | None] = (), m
     if n == 0:
         raise ValueError("the viewer needs at least one frame")
     budget = max(1, min(max_faces, max_total_faces // n))
-    frames = [cluster_decimate(m.vertices, m.faces, budget) if len(m.faces) else (np.zeros((0, 3)), np.zeros((0, 3), np.int64))
-              for m in meshes]
+    empty = (np.zeros((0, 3)), np.zeros((0, 3), np.int64))
+    frames = [cluster_decimate(m.vertices, m.faces, budget) if len(m.faces) else empty for m in meshes]
     points = [v for v, f in frames if len(f)]
     lo = np.min([v.min(0) for v in points], 0) if points else np.zeros(3)
     hi = np.max([v.max(0) for v in points], 0) if points else np.ones(3)
@@ -112,8 +113,8 @@ def build_viewer(meshes: Sequence, frame_times: Sequence[float | None] = (), tit
     meta["title"] = title
     meta_json = json.dumps(meta, separators=(",", ":")).replace("<", "\\u003c")  # cannot close the <script>
     data = base64.b64encode(blob).decode("ascii")
-    return (_PAGE.replace("@TITLE@", html.escape(title)).replace("@META@", meta_json)
-            .replace("@BG@", "#%02x%02x%02x" % BACKGROUND).replace("@DATA@", data))
+    values = {"TITLE": html.escape(title), "META": meta_json, "BG": "#%02x%02x%02x" % BACKGROUND, "DATA": data}
+    return re.sub(r"@(TITLE|META|BG|DATA)@", lambda m: values[m[1]], _PAGE)  # one pass: values stay as they are
 
 
 def write_viewer(meshes: Sequence, path: str | os.PathLike, frame_times: Sequence[float | None] = (),
@@ -315,8 +316,10 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
       var x0 = sx[a], y0 = sy[a], x1 = sx[b], y1 = sy[b], x2 = sx[c], y2 = sy[c];
       var area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0);
       if (area > -1e-9) continue;  // back face (front faces wind clockwise on screen, y down)
-      var minX = Math.max(0, Math.floor(Math.min(x0, x1, x2) - 0.5)), maxX = Math.min(W - 1, Math.ceil(Math.max(x0, x1, x2) - 0.5));
-      var minY = Math.max(0, Math.floor(Math.min(y0, y1, y2) - 0.5)), maxY = Math.min(H - 1, Math.ceil(Math.max(y0, y1, y2) - 0.5));
+      var minX = Math.max(0, Math.floor(Math.min(x0, x1, x2) - 0.5));
+      var maxX = Math.min(W - 1, Math.ceil(Math.max(x0, x1, x2) - 0.5));
+      var minY = Math.max(0, Math.floor(Math.min(y0, y1, y2) - 0.5));
+      var maxY = Math.min(H - 1, Math.ceil(Math.max(y0, y1, y2) - 0.5));
       var iz0 = 1 / sz[a], iz1 = 1 / sz[b], iz2 = 1 / sz[c], s0 = sh[a], s1 = sh[b], s2 = sh[c];
       for (var y = minY; y <= maxY; y++) {
         var py = y + 0.5, row = y * W;
@@ -342,8 +345,8 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
     var info = meta.frames[current];
-    label.textContent = "frame_" + String(current).padStart(4, "0") + " (" + (current + 1) + " of " + n + ")  \u00b7  " +
-      times[current].toFixed(3) + " s";
+    label.textContent = "frame_" + String(current).padStart(4, "0") + " (" + (current + 1) + " of " + n +
+      ")  \u00b7  " + times[current].toFixed(3) + " s";
     msg.textContent = info.f ? (info.f < info.source_faces ? "simplified for the page: " + info.f + " of " +
       info.source_faces + " triangles" : "") : "no surface in this frame";
     document.body.dataset.frame = String(current);
@@ -374,7 +377,10 @@ html, body { margin: 0; height: 100%; overflow: hidden; background: @BG@; color:
     }
   });
   var drag = null;
-  canvas.addEventListener("pointerdown", function (e) { drag = [e.clientX, e.clientY]; canvas.setPointerCapture(e.pointerId); });
+  canvas.addEventListener("pointerdown", function (e) {
+    drag = [e.clientX, e.clientY];
+    canvas.setPointerCapture(e.pointerId);
+  });
   canvas.addEventListener("pointerup", function () { drag = null; });
   canvas.addEventListener("pointermove", function (e) {
     if (!drag) return;

@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -176,6 +177,9 @@ def test_preview_video(tmp_path):
     with av.open(str(without_images)) as container:
         stream = container.streams.video[0]
         assert (stream.width, stream.height, stream.average_rate) == (32, 32, 24)  # renders only, 24 fps default
+    odd_rate = write_preview(seq.meshes, tmp_path / "p3.mp4", (), [i / 7.5 for i in range(4)], tile=32)
+    with av.open(str(odd_rate)) as container:
+        assert container.streams.video[0].average_rate == Fraction(15, 2)
 
 
 def decode_viewer(page: str):
@@ -203,8 +207,8 @@ def decode_viewer(page: str):
 
 def test_viewer_page_data_round_trip():
     seq = make_sequence(T=3, empty_frame=2)
-    page = build_viewer(seq.meshes, seq.frame_times, title="<walk>")
-    assert "<title>&lt;walk&gt;</title>" in page and "http://" not in page and "https://" not in page
+    page = build_viewer(seq.meshes, seq.frame_times, title="<walk> @DATA@")
+    assert "<title>&lt;walk&gt; @DATA@</title>" in page and "http://" not in page and "https://" not in page
     meta, frames = decode_viewer(page)
     assert meta["times"] == pytest.approx(seq.frame_times) and meta["fps"] == pytest.approx(10)
     for (verts, faces), mesh in zip(frames, seq.meshes):
