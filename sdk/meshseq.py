@@ -6,6 +6,9 @@ Output directory layout (``MeshSequence.save``)::
     sequence.usda                time-sampled points + topology (formats containing "usd")
     conditioning/cond_0000.png   the preprocessed conditioning images
     contact_sheet.png            a few frames: conditioning image above, rendered mesh below
+    sequence.glb                 one animated glTF of the whole sequence (sdk.gltf)
+    preview.mp4                  conditioning frame | rendered mesh, at the clip's frame rate (sdk.preview)
+    viewer.html                  a self-contained page that plays the sequence (sdk.viewer)
     manifest.json                frames, times, seed, model, settings, timings, versions, files
 
 Everything is written into a temporary directory beside the target and renamed into place at
@@ -79,9 +82,12 @@ class MeshSequence:
         }
 
     def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("glb",), overwrite: bool = False,
-             contact_sheet: bool = True) -> Path:
+             contact_sheet: bool = True, animated_glb: bool = True, preview: bool = True,
+             viewer: bool = True) -> Path:
         """Write the sequence to ``directory`` atomically; returns the directory. ``contact_sheet``
-        adds ``contact_sheet.png`` (a few frames rendered; seconds for million-face meshes)."""
+        adds ``contact_sheet.png`` (a few frames rendered; seconds for million-face meshes);
+        ``animated_glb``, ``preview`` and ``viewer`` add ``sequence.glb``, ``preview.mp4`` and
+        ``viewer.html`` (``sdk.watchable``)."""
         formats = _check_formats(formats)
         target = Path(directory)
         with atomic_directory(target, overwrite, exists_error=OutputExistsError, owned=written_sequence) as tmp:
@@ -117,6 +123,9 @@ class MeshSequence:
                     import warnings
 
                     warnings.warn(f"contact sheet not written: {type(exc).__name__}: {exc}", stacklevel=2)
+            from .watchable import write_watchables
+
+            files += write_watchables(self, tmp, animated_glb=animated_glb, preview=preview, viewer=viewer)
             (tmp / SEQUENCE_MANIFEST).write_text(json.dumps(self.manifest(files + [SEQUENCE_MANIFEST]), indent=2))
         return target
 

@@ -160,6 +160,12 @@ def convert(
                                 "s4d-convert wrote)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    sequence_glb: bool = typer.Option(True, "--sequence-glb/--no-sequence-glb", help="Write sequence.glb (the "
+                                      "whole sequence as one animated glTF)."),
+    preview: bool = typer.Option(True, "--preview/--no-preview", help="Write preview.mp4 (conditioning frame | "
+                                 "rendered mesh, at the clip's frame rate)."),
+    viewer: bool = typer.Option(True, "--viewer/--no-viewer", help="Write viewer.html (a self-contained page "
+                                "that plays the sequence)."),
 ) -> None:
     from ..atomic import check_target, clean_stale_partials
     from ..meshseq import OutputExistsError, _check_formats, written_sequence
@@ -251,7 +257,8 @@ def convert(
             seq = generator(item.input, num_frames=frames, steps=steps, guidance=guidance, seed=seed,
                             resolution=resolution, decode=decode, noise=noise, matting=matting, start=start,
                             end=end, progress=reporter)
-            seq.save(target, formats=formats, overwrite=overwrite)
+            seq.save(target, formats=formats, overwrite=overwrite, animated_glb=sequence_glb, preview=preview,
+                     viewer=viewer)
             item.status, item.frames = "ok", len(seq)
         except OutputExistsError as exc:  # it was absent when this item started
             item.status, item.error = "failed", str(exc) if overwrite else (
