@@ -279,15 +279,21 @@ def is_engine_directory(path: str | os.PathLike) -> bool:
 
 def find_plugin_library() -> Path | None:
     """The BlockSparseAttention TensorRT plugin: ``$S4D_TRT_PLUGIN``, else a CMake build in the
-    repository (``build/plugins_trt/`` as plugins_trt/README.md builds it, or ``plugins_trt/build*``).
-    The builder and the runtime both use this lookup."""
+    repository checkout (``build/plugins_trt/`` as plugins_trt/README.md builds it, or
+    ``plugins_trt/build*``), else a build inside the installed package's copy of the plugin sources
+    (``sdk/_native/plugins_trt/build*``). The builder and the runtime both use this lookup."""
     env = os.environ.get("S4D_TRT_PLUGIN")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parent.parent
-    for pattern in ("build/**/libs4d_trt_plugin.so", "plugins_trt/build*/**/libs4d_trt_plugin.so"):
-        for candidate in sorted(repo.glob(pattern)):
-            return candidate
+    sdk_root = Path(__file__).resolve().parent
+    searches = [(sdk_root / "_native", ("plugins_trt/build*/**/libs4d_trt_plugin.so",))]
+    repo = sdk_root.parent
+    if (repo / "plugins_trt").is_dir():  # a source checkout (editable install), not site-packages
+        searches.insert(0, (repo, ("build/**/libs4d_trt_plugin.so", "plugins_trt/build*/**/libs4d_trt_plugin.so")))
+    for root, patterns in searches:
+        for pattern in patterns:
+            for candidate in sorted(root.glob(pattern)):
+                return candidate
     return None
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-NOISE_MODES = ("shared", "independent")
+from .settings import NOISE_MODES  # one home, torch-free for the CLIs
 
 # velocity = model(latents [B,T,P,C], t [B], context [B,T,L,Cc])
 VelocityModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

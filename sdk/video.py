@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from contextlib import closing
 from numbers import Real
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so the CLIs' checks stay light
+    import torch
 
 __all__ = [
     "BORDER_KEY_THRESHOLD",
@@ -711,6 +713,8 @@ def prepare_sequence(frames: list[np.ndarray], matting: str = "auto", size: int 
     size = int(size)
     if isinstance(fill, bool) or not isinstance(fill, Real) or not 0.0 < float(fill) <= 1.0:
         raise InputError(f"fill must be in (0, 1], got {fill!r}")
+    import torch
+
     rgba, method = remove_background(frames, matting)
 
     boxes = [b for b in (object_box(f[..., 3]) for f in rgba) if b is not None]
@@ -757,6 +761,8 @@ def prepare_sequence(frames: list[np.ndarray], matting: str = "auto", size: int 
 def save_conditioning_images(prepared: PreparedSequence | torch.Tensor,
                              directory: str | os.PathLike) -> list[Path]:
     """Write ``cond_0000.png``, ``cond_0001.png``, ... (RGB) and return their paths."""
+    import torch
+
     images = prepared.images if isinstance(prepared, PreparedSequence) else prepared
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         raise InputError("expected a PreparedSequence or a [T, 3, H, W] tensor in [-1, 1]")

@@ -25,8 +25,10 @@ from typing import List, Optional
 
 import typer
 
-from ..video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, broken_link_reason
 from . import usage_error
+
+# Only typer at import: --help and usage errors must not pay for torch (sdk.video imports it);
+# everything heavy is imported inside the functions that do work.
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
 OPTION_LABELS = {"num_frames": "--frames", "steps": "--steps", "guidance": "--guidance", "resolution": "--resolution",
@@ -58,6 +60,8 @@ def safe_output_name(stem: str) -> str:
 
 def _classify(raw: str) -> List[Item]:
     """One path argument (or glob match) -> items; raises OSError if a directory cannot be listed."""
+    from ..video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, broken_link_reason
+
     path = Path(raw)
     link = broken_link_reason(path)
     if link:
@@ -169,10 +173,7 @@ def convert(
 ) -> None:
     from ..atomic import check_target, clean_stale_partials
     from ..meshseq import OutputExistsError, _check_formats, written_sequence
-    from ..pipeline import Generator, GeneratorError, check_run_settings
-
-    from ..pipeline import BACKENDS, DECODE_METHODS
-    from ..sampling import NOISE_MODES
+    from ..settings import BACKENDS, DECODE_METHODS, NOISE_MODES, GeneratorError, check_run_settings
     from ..video import MATTING_METHODS
 
     if skip_existing and overwrite:
@@ -193,6 +194,8 @@ def convert(
         usage_error(f"--output {outdir} exists and is not a directory")
     try:
         import warnings
+
+        from ..pipeline import Generator  # the heavy imports (torch, transformers) start here
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

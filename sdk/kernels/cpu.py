@@ -8,7 +8,8 @@ flags, the compiler version and the machine. The build writes a temporary file a
 ctypes, which releases the GIL for the duration of the call.
 
 Environment:
-    S4D_CPP_EXT_DIR              where ``cpp_ext`` lives (default: next to the ``sdk`` package)
+    S4D_CPP_EXT_DIR              where ``cpp_ext`` lives (default: ``sdk/_native/cpp_ext`` in a
+                                 wheel install, else the checkout's ``cpp_ext``)
     S4D_CACHE_DIR                build cache directory
     CXX                          the C++ compiler (default ``g++``)
     S4D_CPU_KERNEL_EXTRA_FLAGS   extra compiler flags (tuning / debugging), part of the hash
@@ -37,6 +38,7 @@ __all__ = [
     "cpu_kernel_info",
     "cpu_kernel_unavailable_reason",
     "load_cpu_kernel",
+    "native_dir",
 ]
 
 _SOURCE_REL = Path("cpu") / "block_sparse_attention_cpu.cpp"
@@ -61,11 +63,21 @@ class _CompileFailed(KernelBuildError):
     """The compiler ran and rejected the source or the flags."""
 
 
+def native_dir(name: str) -> Path:
+    """A native source tree (``cpp_ext`` or ``plugins_trt``): the copy a wheel / ``pip install .``
+    ships as ``sdk/_native/<name>``, else the checkout's top-level ``<name>`` (editable installs)."""
+    sdk_root = Path(__file__).resolve().parent.parent
+    packaged = sdk_root / "_native" / name
+    if packaged.is_dir():
+        return packaged
+    return sdk_root.parent / name
+
+
 def cpp_ext_dir() -> Path:
     env = os.environ.get("S4D_CPP_EXT_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "cpp_ext"
+    return native_dir("cpp_ext")
 
 
 def cache_dir() -> Path:

@@ -19,7 +19,8 @@ the ops work here and :func:`cuda_kernels_unavailable_reason` why not; the wrapp
 ``"cuda"`` backend until :func:`register_mcubes_backend` is called.
 
 Environment:
-    S4D_CPP_EXT_DIR            where ``cpp_ext`` lives (default: next to the ``sdk`` package)
+    S4D_CPP_EXT_DIR            where ``cpp_ext`` lives (default: ``sdk/_native/cpp_ext`` in a wheel
+                               install, else the checkout's ``cpp_ext``; see ``sdk.kernels.cpu.native_dir``)
     S4D_CACHE_DIR              build cache directory
     TORCH_CUDA_ARCH_LIST       target architectures (torch's variable; default: the visible GPUs)
     S4D_CUDA_EXTRA_FLAGS       extra nvcc flags (part of the hash)

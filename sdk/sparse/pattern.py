@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PRESETS: dict[str, tuple[int, ...]] = {
     "sculpt4d": (1, 1, 2, 4, 8, 16),
@@ -107,6 +110,8 @@ class SparsePattern:
 
     def block_mask(self) -> torch.Tensor:
         """Bool ``[T*Ng, T*Ng]``: entry (query block, key block) is True where attention is kept."""
+        import torch  # here, not at import: the CLIs read PRESETS without loading torch
+
         return torch.from_numpy(self._mask_np().copy())
 
     def _mask_np(self) -> np.ndarray:
@@ -119,6 +124,8 @@ class SparsePattern:
         what an engine bakes in for one frame count.
         """
         offsets, indices = _csr_np(self.num_frames, self.blocks_per_frame, self.schedule, self.anchor)
+        import torch
+
         return torch.from_numpy(offsets.copy()), torch.from_numpy(indices.copy())
 
     def nnz(self) -> int:
