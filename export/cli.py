@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from sdk.cli import usage_error
+from sdk.cli import run, usage_error
 from sdk.sparse import PRESETS, PatternError
 
 app = typer.Typer(help="Sculpt4D export tools: TensorRT engines, ONNX export and the FLOPs planner.",
@@ -89,13 +89,14 @@ def onnx(
     fp16 checkpoint uses the checkpoint's weights memory-mapped (the full model fits in 24 GB)."""
     from export.onnx import ExportError, export_onnx
     from sdk.checkpoint import CheckpointError
+    from sdk.extras import MissingExtraError
 
     try:
         sched = parse_schedule(schedule) if schedule is not None else None
         result = export_onnx(checkpoint, output, frames=frames, dtype=dtype, schedule=sched,
                              anchor=False if no_anchor else None, block_size=block_size,
                              external_data=external_data)
-    except (ExportError, CheckpointError, PatternError) as exc:
+    except (ExportError, CheckpointError, PatternError, MissingExtraError) as exc:
         usage_error(str(exc))
     if as_json:
         typer.echo(json.dumps(result.manifest, indent=2))
@@ -157,13 +158,14 @@ def build(
     from export.onnx import ExportError
     from export.tensorrt import TensorRTError
     from sdk.checkpoint import CheckpointError
+    from sdk.extras import MissingExtraError
 
     try:
         sched = parse_schedule(schedule) if schedule is not None else None
         report = build_engines(frames, checkpoint=checkpoint, precision=precision, target=target,
                                engine_dir=engine_dir, schedule=sched, anchor=False if no_anchor else None,
                                block_size=block_size, log=lambda m: typer.echo(m, err=True))
-    except (ExportError, CheckpointError, PatternError, TensorRTError) as exc:
+    except (ExportError, CheckpointError, PatternError, TensorRTError, MissingExtraError) as exc:
         usage_error(str(exc))
     typer.echo(f"{len(report.built)} built, {len(report.reused)} reused -> {report.engine_dir}")
 
@@ -188,7 +190,7 @@ def inspect(engine_dir: Path = typer.Argument(..., help="An engine directory wri
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

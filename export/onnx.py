@@ -41,6 +41,7 @@ from torch import nn
 from sdk.atomic import atomic_directory, check_target, files_in, written_by_us
 from sdk.config import to_dict
 from sdk.runtimes import EXPORT_FORMAT, EXPORT_MANIFEST
+from sdk.extras import require
 from sdk.sparse import PatternError, SparsePattern, resolve_schedule
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, _padded_lists
 
@@ -275,6 +276,8 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
         check_target(out, overwrite, written_export, ExportError)
     except ValueError as exc:  # ExportError, or a dangerous target (., .., a parent of the cwd)
         raise ExportError(str(exc)) from None
+    for module in ("onnx", "onnxscript"):  # torch's exporter needs both; say so before any model loads
+        require(module, "ONNX export")
     dit, vae, cond, source_info = source if isinstance(source, tuple) else load_models(source, DTYPES[dtype])
     temporal = dit.config.temporal
     try:

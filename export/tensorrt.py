@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
+from sdk.extras import require
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 
 FLAVOURS = ("tensorrt-rtx", "tensorrt")
@@ -139,7 +140,7 @@ def _body_only_model(onnx_path: Path) -> bytes:
     """The graph with its BlockSparseAttention nodes (and their local function) renamed to
     ``BODY_OP``, serialized without external weights: the parser then inlines the standard-op
     body whatever plugins are registered."""
-    import onnx
+    onnx = require("onnx", "building TensorRT engines")
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     for node in model.graph.node:
@@ -203,7 +204,7 @@ def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = N
 
 
 def input_names(onnx_path: str | Path) -> Sequence[str]:
-    import onnx
+    onnx = require("onnx", "reading ONNX graphs")
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return [i.name for i in model.graph.input]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import ConditionerConfig, DiTConfig, VAEConfig, dit_config_from_dict, simple_config_from_dict
+from .extras import MissingExtraError, require
 from .models.conditioner import prepare_images
 
 EXPORT_MANIFEST = "export.json"  # written by export.onnx
@@ -83,9 +84,9 @@ class OnnxRuntime:
 
     def __init__(self, directory: str | os.PathLike, providers: list[str] | None = None) -> None:
         try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendError("backend 'onnxruntime' needs the onnx extra: pip install 'sculpt4d-sdk[onnx]'") from None
+            ort = require("onnxruntime", "backend 'onnxruntime'")
+        except MissingExtraError as exc:
+            raise BackendError(str(exc)) from None
         self.directory = Path(directory)
         self.manifest = read_export_manifest(self.directory)
         m = self.manifest
@@ -330,9 +331,9 @@ class TensorRTRuntime:
         flavours = {e["flavour"] for e in self.entries.values()}
         module = "tensorrt_rtx" if flavours == {"tensorrt-rtx"} else "tensorrt"
         try:
-            self.trt = __import__(module)
-        except ImportError:
-            raise BackendError(f"the engines in {self.directory} need the Python package {module!r}") from None
+            self.trt = require(module, f"the engines in {self.directory}")
+        except MissingExtraError as exc:
+            raise BackendError(str(exc)) from None
         self.device_desc = gpu_description()
         for name, entry in self.entries.items():
             check_engine_entry(entry, name, self.trt.__version__, self.device_desc)

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .extras import install_hint
+
 if TYPE_CHECKING:  # torch is imported where tensors are made, so the CLIs' checks stay light
     import torch
 
@@ -514,8 +516,8 @@ def rembg_status() -> tuple[bool, str]:
     try:
         import rembg  # noqa: F401
     except Exception as exc:  # ImportError, or onnxruntime failing to load
-        return False, (f"'import rembg' failed ({type(exc).__name__}: {exc}); install rembg "
-                       f"(with onnxruntime); its model is expected at {model}")
+        return False, (f"'import rembg' failed ({type(exc).__name__}: {exc}); install the [rembg] extra: "
+                       f"{install_hint('rembg')}; its model is expected at {model}")
     return True, f"rembg with {model}"
 
 

@@ -25,7 +25,7 @@ from typing import List, Optional
 
 import typer
 
-from . import usage_error
+from . import run, usage_error
 
 # Only typer at import: --help and usage errors must not pay for torch (sdk.video imports it);
 # everything heavy is imported inside the functions that do work.
@@ -299,4 +299,4 @@ def _report(item: Item, as_json: bool) -> None:
 
 
 def main() -> None:
-    app()
+    run(app)

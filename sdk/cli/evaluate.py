@@ -21,7 +21,7 @@ from pathlib import Path
 import typer
 
 from ..meshseq import MESH_FORMATS  # also the preference order when a frame exists in several
-from . import usage_error
+from . import run, usage_error
 
 _FRAME_RE = re.compile(r"^frame_(\d+)\.(" + "|".join(MESH_FORMATS) + r")$", re.IGNORECASE)
 
@@ -190,4 +190,4 @@ def evaluate(
 
 
 def main() -> None:
-    app()
+    run(app)
