@@ -145,18 +145,30 @@ def register_backend(name: str, backend: Backend) -> None:
     BACKENDS[name] = backend
 
 
-def _resolve_backend(backend: str, field: FieldLike) -> Backend:
+def resolve_backend_name(backend: str, field: FieldLike) -> str:
+    """The backend ``marching_cubes(field, backend=backend)`` runs; a GPU field that has to
+    come back to the CPU because the CUDA kernel is unavailable warns once."""
     if backend == "auto":
         if isinstance(field, torch.Tensor) and field.is_cuda:
-            from .kernels.cuda import cuda_kernels_available
+            from .kernels.cuda import cuda_kernels_available, cuda_kernels_unavailable_reason
 
             if cuda_kernels_available():  # the field never leaves the GPU
-                return BACKENDS["cuda"]
-        return BACKENDS["cpu"]
+                return "cuda"
+            from .notices import one_line, warn_once
+
+            warn_once("mcubes-cuda", "marching cubes falls back from the GPU kernel to the CPU (skimage; each field "
+                                     f"is copied to the host): {one_line(cuda_kernels_unavailable_reason())}; fix: "
+                                     "nvcc on PATH (or $CUDA_HOME) matching torch's CUDA; details: "
+                                     "sdk.kernels.cuda.build_log()")
+        return "cpu"
     if backend not in BACKENDS:
         raise ValueError(f"unknown marching-cubes backend {backend!r}; "
                          f"choose 'auto' or one of {sorted(BACKENDS)}")
-    return BACKENDS[backend]
+    return backend
+
+
+def _resolve_backend(backend: str, field: FieldLike) -> Backend:
+    return BACKENDS[resolve_backend_name(backend, field)]
 
 
 # --------------------------------------------------------------------------------------------

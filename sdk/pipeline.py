@@ -27,6 +27,7 @@ from .runtimes import (BackendError, OnnxRuntime, TensorRTRuntime, TorchRuntime,
 from .sampling import NOISE_MODES, SamplerSettings, sample_flow
 from .settings import (BACKENDS, DECODE_METHODS, MAX_RESOLUTION, SEED_RANGE,  # noqa: F401 (re-exported)
                        GeneratorError, check_run_settings)
+from .sparse.attention import backends_used
 
 TINY_RANDOM = "tiny-random"
 DEFAULT_MODEL = "default"  # the embedded demo model, see Generator.default()
@@ -215,6 +216,7 @@ class Generator:
         with _stage(reporter, "condition", num_frames, timings):
             context = self._condition(prepared.images, lambda n: reporter.advance("condition", n))
 
+        backends_used(reset=True)  # from here on: which attention backend the sampler really ran
         with _stage(reporter, "sample", steps, timings):
             P, C = runtime.vae_config.num_latents, runtime.vae_config.embed_dim
             latents = sample_flow(runtime.velocity, context[None], (P, C), sampler,
@@ -225,11 +227,12 @@ class Generator:
                                                        lambda: reporter.advance("decode"))
 
         with _stage(reporter, "mesh", num_frames, timings):
-            from .mcubes import marching_cubes
+            from .mcubes import marching_cubes, resolve_backend_name
 
-            meshes = []
+            meshes, mcubes_used = [], set()
             for f in fields:
-                meshes.append(marching_cubes(f))
+                mcubes_used.add(resolve_backend_name("auto", f))
+                meshes.append(marching_cubes(f, backend="auto"))
                 reporter.advance("mesh")
 
         cfg = runtime.dit_config
@@ -237,7 +240,9 @@ class Generator:
                     "resolution": resolution, "decode": decode, "noise": noise, "matting": prepared.matting,
                     "start": start, "end": end, "schedule": list(cfg.temporal.schedule), "anchor": cfg.temporal.anchor,
                     "block_size": cfg.temporal.block_size, "temporal": cfg.temporal.enabled,
-                    "crop_box": list(prepared.crop_box)}
+                    "crop_box": list(prepared.crop_box),
+                    # what actually ran (see "Say what runs" in the README)
+                    **self._what_ran(mcubes_used)}
         model = {**self.model_info, "backend": self.backend}
         stats = {"field_queries": [s.num_queries for s in decode_stats],
                  "dense_queries_per_frame": decode_stats[0].dense_queries if decode_stats else 0}
@@ -246,6 +251,24 @@ class Generator:
         return MeshSequence(meshes=meshes, frame_indices=list(frames.indices), frame_times=list(frames.times),
                             conditioning_images=images, timings=timings, settings=settings, model=model,
                             source=frames.source, stats=stats)
+
+    def _what_ran(self, mcubes_used: set[str]) -> dict[str, Any]:
+        """The block-sparse attention backend, marching-cubes backend, thread counts and fallbacks
+        of the run that just finished (recorded in the manifest and ``s4d-convert --json``)."""
+        from .notices import fallbacks
+
+        if self.backend == "torch":
+            attention = "+".join(backends_used(reset=True)) or "none (no temporal attention)"
+        else:  # the exported graph's BlockSparseAttention node runs inside ONNX Runtime / TensorRT
+            attention = self.backend
+        intra_op = torch.get_num_threads()
+        threads: dict[str, Any] = {"torch_intra_op": intra_op}
+        if "cpp-kernel" in attention:
+            from .kernels.cpu import cpu_kernel_info
+
+            threads["cpp_kernel"] = intra_op if cpu_kernel_info()["openmp"] else 1
+        return {"attention_backend": attention, "mcubes_backend": "+".join(sorted(mcubes_used)),
+                "threads": threads, "fallbacks": sorted(fallbacks())}
 
     def _condition(self, images: torch.Tensor, advance, chunk: int = 4) -> torch.Tensor:
         """``[T, 3, S, S]`` in [-1, 1] -> DINOv2 tokens ``[T, L, Cc]`` (a few frames at a time)."""

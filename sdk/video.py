@@ -22,9 +22,11 @@ says what was expected.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import math
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -614,6 +616,20 @@ def _check_frames(frames, name: str = "frames") -> list[np.ndarray]:
     return out
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a stand-in without a spec, a broken parent package
+        return module in sys.modules and sys.modules[module] is not None
+
+
+def _warn_matting_fallback(reason: str, fix: str) -> None:
+    from .notices import one_line, warn_once
+
+    warn_once("matting-rembg", f"matting='auto' falls back from rembg to the border-colour key: {one_line(reason)}; "
+                               f"fix: {fix}")
+
+
 def remove_background(frames: list[np.ndarray], matting: str = "auto"
                       ) -> tuple[list[np.ndarray], str]:
     """RGBA uint8 frames and the method used: ``"alpha" | "rembg" | "border-key" | "none"``.
@@ -659,11 +675,16 @@ def remove_background(frames: list[np.ndarray], matting: str = "auto"
                                      f"the model must be the official {REMBG_MODEL_FILE} "
                                      f"(md5 {REMBG_MODEL_MD5}) at {rembg_model_path()}"
                                      ) from None
+                _warn_matting_fallback(f"rembg failed ({type(exc).__name__}: {exc})",
+                                       f"the model must be the official {REMBG_MODEL_FILE} (md5 {REMBG_MODEL_MD5}) "
+                                       f"at {rembg_model_path()}")
                 alphas = None
             if alphas is not None:
                 return [with_alpha(f, a) for f, a in zip(frames, alphas)], "rembg"
         elif matting == "rembg":
             raise InputError(f"matting='rembg' is not usable: {reason}")
+        elif _installed("rembg"):  # installed, so wanted, but not usable
+            _warn_matting_fallback(reason, "see the README's matting section")
     return [with_alpha(f, border_key_alpha(f)) for f in frames], "border-key"
 
 

@@ -11,6 +11,7 @@ machine downloads/unpacks torch, later ones take about a minute for the install.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -158,6 +159,8 @@ def test_fresh_venv_runs_the_main_command_with_the_cpp_kernel(wheel, tmp_path, c
     seq = work / "out" / CLIP.stem
     assert len(list(seq.glob("frame_*.glb"))) == 16, sorted(p.name for p in seq.iterdir())
     assert (seq / "sequence.usdc").is_file() or (seq / "sequence.usda").is_file()
-    assert (seq / "manifest.json").is_file()
+    settings = json.loads((seq / "manifest.json").read_text())["settings"]
+    assert settings["attention_backend"] == "cpp-kernel" and settings["fallbacks"] == [], settings
+    assert "sculpt4d: warning" not in res.stdout, res.stdout[-4000:]
     ci_evidence(f"wheel: {wheel.name} installed into a fresh venv with {TORCH_PIN} in {t_install:.0f} s; "
                 f"README main command from a temp dir in {t_convert:.0f} s; {evidence}")

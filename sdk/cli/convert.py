@@ -31,6 +31,7 @@ from . import run, usage_error
 # everything heavy is imported inside the functions that do work.
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
+RAN_KEYS = ("attention_backend", "mcubes_backend", "matting", "threads", "fallbacks")
 OPTION_LABELS = {"num_frames": "--frames", "steps": "--steps", "guidance": "--guidance", "resolution": "--resolution",
                  "matting": "--matting", "start": "--start", "end": "--end", "seed": "--seed"}
 
@@ -46,6 +47,8 @@ class Item:
     error: str | None = None
     frames: int = 0
     seconds: float = 0.0
+    # what ran: attention_backend, mcubes_backend, matting, threads, fallbacks (also in the manifest)
+    ran: dict | None = None
 
 
 def safe_output_name(stem: str) -> str:
@@ -263,6 +266,7 @@ def convert(
             seq.save(target, formats=formats, overwrite=overwrite, animated_glb=sequence_glb, preview=preview,
                      viewer=viewer)
             item.status, item.frames = "ok", len(seq)
+            item.ran = {key: seq.settings.get(key) for key in RAN_KEYS}
         except OutputExistsError as exc:  # it was absent when this item started
             item.status, item.error = "failed", str(exc) if overwrite else (
                 f"output {target} appeared meanwhile (another run wrote it while this one worked); nothing was "

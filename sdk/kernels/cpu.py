@@ -250,7 +250,18 @@ def load_cpu_kernel() -> ctypes.CDLL:
             _note("error: " + _reason)
             raise
         _lib = lib
-        return lib
+    if not lib.s4d_bsa_cpu_has_openmp():
+        from ..notices import warn_once
+
+        warn_once("cpu-kernel-openmp", "the C++ CPU attention kernel was built without OpenMP and runs on ONE "
+                                       f"thread (-fopenmp failed with {Path(_compiler_name()).name}); fix: install "
+                                       "the compiler's OpenMP runtime (libgomp for g++, libomp for clang) and "
+                                       f"delete {lib._name} to rebuild; details: sdk.kernels.build_log()")
+    return lib
+
+
+def _compiler_name() -> str:
+    return shlex.split(os.environ.get("CXX", "g++") or "g++")[0]
 
 
 def cpu_kernel_available() -> bool:

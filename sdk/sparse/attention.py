@@ -159,12 +159,59 @@ def _(q, k, v, num_frames, block_size, schedule, anchor, scale):
 
 
 def _fastest_backend(q: torch.Tensor, block_size: int):
-    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and _cpu_kernel_ready():
-        return _cpu_kernel_attention
+    """The fastest backend for these inputs; a fallback from a native kernel warns once."""
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16):
+        if _cpu_kernel_ready():
+            _used("cpu")
+            return _cpu_kernel_attention
+        _warn_cpu_fallback()
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
-            and _cuda_kernel_supports(q.shape[-1], block_size) and _cuda_kernel_ready()):
-        return _cuda_kernel_attention
+            and _cuda_kernel_supports(q.shape[-1], block_size)):
+        if _cuda_kernel_ready():
+            _used("cuda")
+            return _cuda_kernel_attention
+        _warn_cuda_fallback()
+    _used("torch")
     return blocked_block_sparse_attention
+
+
+# Which backends the ``auto`` op ran since the last reset: what the output manifest records.
+_USED: set[str] = set()
+BACKEND_LABELS = {"cpu": "cpp-kernel", "cuda": "cuda-kernel", "torch": "torch-blocked", "reference": "dense-reference"}
+
+
+def _used(name: str) -> None:
+    _USED.add(name)
+
+
+def backends_used(reset: bool = False) -> list[str]:
+    """Labels (``cpp-kernel``, ``cuda-kernel``, ``torch-blocked``) of the backends the ``auto`` op
+    chose since the last ``reset=True`` call; ``reset`` starts a new record after reading."""
+    used = sorted(BACKEND_LABELS[n] for n in _USED)
+    if reset:
+        _USED.clear()
+    return used
+
+
+def _warn_cpu_fallback() -> None:
+    from ..kernels.cpu import cpu_kernel_unavailable_reason
+    from ..notices import one_line, warn_once
+
+    warn_once("attention-cpu-kernel",
+              f"block-sparse attention falls back from the C++ CPU kernel to the torch-blocked path (about 3x "
+              f"slower): {one_line(cpu_kernel_unavailable_reason())}; fix: provide a C++17 compiler (g++ or $CXX) "
+              "and the kernel sources (reinstall the package, or set $S4D_CPP_EXT_DIR); details: "
+              "sdk.kernels.build_log()")
+
+
+def _warn_cuda_fallback() -> None:
+    from ..kernels.cuda import cuda_kernels_unavailable_reason
+    from ..notices import one_line, warn_once
+
+    warn_once("attention-cuda-kernel",
+              "block-sparse attention falls back from the CUDA kernel to the torch-blocked path: "
+              f"{one_line(cuda_kernels_unavailable_reason())}; fix: a CUDA build of torch with nvcc on PATH "
+              "(or $CUDA_HOME), and a GPU of compute capability >= 8.0; details: sdk.kernels.cuda.build_log()")
 
 
 def _cuda_kernel_supports(head_dim: int, block_size: int) -> bool:
@@ -287,6 +334,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
     _check_inputs(q, k, v, pattern, block_size)
     if torch.onnx.is_in_onnx_export():
         return onnx_block_sparse_attention_node(q, k, v, pattern, block_size, _default_scale(q, scale))
+    if backend != "auto":
+        _used(backend)
     if backend == "reference":
         return reference_block_sparse_attention(q, k, v, pattern, block_size, scale)
     if backend == "torch":
