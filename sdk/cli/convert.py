@@ -165,6 +165,9 @@ def convert(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output directory exists."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output directories (only ones "
                                 "s4d-convert wrote)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads for torch's intra-op work and "
+                                          "the C++ attention kernel [default: torch's, one per physical core; "
+                                          "$OMP_NUM_THREADS if set]."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     sequence_glb: bool = typer.Option(True, "--sequence-glb/--no-sequence-glb", help="Write sequence.glb (the "
@@ -181,6 +184,8 @@ def convert(
 
     if skip_existing and overwrite:
         usage_error("--skip-existing and --overwrite exclude each other")
+    if threads is not None and not 1 <= threads <= 1024:
+        usage_error(f"--threads must be between 1 and 1024, got {threads}")
     for option, value, allowed in (("--decode", decode, DECODE_METHODS), ("--noise", noise, NOISE_MODES),
                                    ("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
         if value is not None and value not in allowed:
@@ -199,6 +204,11 @@ def convert(
         import warnings
 
         from ..pipeline import Generator  # the heavy imports (torch, transformers) start here
+
+        if threads is not None:  # the C++ kernel takes torch's count on every call
+            import torch
+
+            torch.set_num_threads(threads)
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
