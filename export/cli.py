@@ -12,7 +12,7 @@ from sdk.cli import run, usage_error
 from sdk.sparse import PRESETS, PatternError
 
 app = typer.Typer(help="Sculpt4D export tools: TensorRT engines, ONNX export and the FLOPs planner.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 SCHEDULE_HELP = (f"Block-sparse schedule: a preset ({', '.join(PRESETS)}) or comma-separated strides, "
                  "e.g. 1,1,2,4.")
