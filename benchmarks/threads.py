@@ -70,16 +70,18 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
           f"median of {args.repeats} runs")
     print()
-    print("| model | --threads | threads used (torch / C++ kernel) | conversion (s) | sample (s) | decode (s) "
-          "| load avg before |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | --threads | threads used (torch / C++ kernel) | conversion (s), median | each run (s) "
+          "| sample (s) | decode (s) | load avg before each run |")
+    print("|---|---|---|---|---|---|---|---|")
     for (model, threads), runs in results.items():
         used = runs[0]["ran"]["threads"]
         med = statistics.median
+        each = ", ".join(f"{r['seconds']:.1f}" for r in runs)
+        loads = ", ".join(f"{r['load']:.1f}" for r in runs)
         print(f"| {model} | {threads if threads is not None else 'default'} | {used['torch_intra_op']} / "
-              f"{used.get('cpp_kernel', '-')} | {med(r['seconds'] for r in runs):.1f} | "
+              f"{used.get('cpp_kernel', '-')} | {med(r['seconds'] for r in runs):.1f} | {each} | "
               f"{med(r['timings']['sample'] for r in runs):.1f} | {med(r['timings']['decode'] for r in runs):.1f} | "
-              f"{med(r['load'] for r in runs):.2f} |")
+              f"{loads} |")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ def _clean_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+BUILD_REQUIRES = "setuptools>=68"  # pyproject.toml's [build-system] requires
+
+
 def _setuptools_ok() -> bool:
     try:
         import setuptools
@@ -93,21 +96,34 @@ def _setuptools_ok() -> bool:
     return int(setuptools.__version__.split(".")[0]) >= 68
 
 
+def _build_python(tmp: Path, env: dict[str, str]) -> str:
+    """An interpreter with the build backend: this one if its setuptools is new enough (no index
+    round trip), else a small build venv with it installed."""
+    if _setuptools_ok():
+        return sys.executable
+    venv = tmp / "build-venv"
+    res = _run([sys.executable, "-m", "venv", str(venv)], tmp, env, 300)
+    assert res.returncode == 0, res.stdout[-4000:]
+    py = str(venv / "bin" / "python")
+    res = _run([py, "-m", "pip", "install", "-q", BUILD_REQUIRES], tmp, env, 600)
+    if res.returncode != 0 and any(m in res.stdout for m in (*NO_INDEX, "No matching distribution")):
+        pytest.skip(f"pip cannot reach a package index for {BUILD_REQUIRES}: " + res.stdout[-500:])
+    assert res.returncode == 0, res.stdout[-4000:]
+    return py
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """sdist from the checkout, then the wheel built from that sdist (so both are proven)."""
     out = tmp_path_factory.mktemp("dist")
     env = _clean_env(out)
-    res = _run([sys.executable, "-c", f"from setuptools import build_meta as b; print(b.build_sdist({str(out)!r}))"],
+    py = _build_python(out, env)
+    res = _run([py, "-c", f"from setuptools import build_meta as b; print(b.build_sdist({str(out)!r}))"],
                ROOT, env, 300)
     assert res.returncode == 0, res.stdout[-4000:]
     sdist = out / res.stdout.strip().splitlines()[-1]
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(sdist)]
-    if _setuptools_ok():
-        cmd.insert(4, "--no-build-isolation")  # no index round trip for the build backend
-    res = _run(cmd, out, env, 600)
-    if res.returncode != 0 and any(m in res.stdout for m in NO_INDEX):
-        pytest.skip("pip cannot reach a package index to install the build backend: " + res.stdout[-500:])
+    res = _run([py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(sdist)], out, env,
+               600)
     assert res.returncode == 0, res.stdout[-4000:]
     (whl,) = out.glob("sculpt4d_sdk-*.whl")
     return whl
