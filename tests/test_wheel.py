@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,8 +131,12 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     env = _clean_env(out)
     py = _build_python(out, env)
+    egg_info = ROOT / "sculpt4d_sdk.egg-info"
+    had_egg_info = egg_info.exists()
     res = _run([py, "-c", f"from setuptools import build_meta as b; print(b.build_sdist({str(out)!r}))"],
                ROOT, env, 300)
+    if not had_egg_info:  # setuptools writes it into the checkout; leave the tree as it was
+        shutil.rmtree(egg_info, ignore_errors=True)
     assert res.returncode == 0, res.stdout[-4000:]
     sdist = out / res.stdout.strip().splitlines()[-1]
     res = _run([py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(sdist)], out, env,
