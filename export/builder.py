@@ -29,13 +29,14 @@ from typing import Any, Callable, Sequence
 
 from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
-from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
+from sdk.sparse.attention import PLUGIN_VERSION
 
 from sdk.runtimes import (ENGINE_FORMAT, ENGINE_MANIFEST, BackendError, engine_file_problem, find_plugin_library,
                           gpu_description, read_engine_manifest)
 
 from .onnx import DTYPES, ExportError, export_onnx, exporter_fingerprint, load_models
-from .tensorrt import BuiltEngine, ShapeRange, TensorRTError, build_engine, import_tensorrt, plugin_rejection
+from .tensorrt import (BuiltEngine, ShapeRange, TensorRTError, build_engine, import_tensorrt, plugin_creator,
+                       plugin_rejection)
 
 MANIFEST = ENGINE_MANIFEST
 PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
@@ -83,7 +84,7 @@ def _load_plugin(trt, log: Callable[[str], None]) -> Path | None:
     key = str(lib.resolve())
     if key in _LOADED_PLUGINS:  # the registry is per process; loading twice fails
         return lib
-    if registry.get_creator(ONNX_OP, PLUGIN_VERSION, ONNX_DOMAIN) is not None:
+    if plugin_creator(trt) is not None:
         log(f"plugin: a BlockSparseAttention creator is already registered in this process; {lib} is not loaded "
             "over it")
         return lib

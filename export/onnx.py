@@ -27,9 +27,9 @@ import copy
 import dataclasses
 import json
 import logging
+import itertools
 import os
 import warnings
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

@@ -87,10 +87,15 @@ def plugin_fields(trt: ModuleType, attrs: dict[str, Any]):
     return trt.PluginFieldCollection(fields)
 
 
+def plugin_creator(trt: ModuleType):
+    """The registered ``s4d::BlockSparseAttention`` creator of this process, or None."""
+    return trt.get_plugin_registry().get_creator(ONNX_OP, PLUGIN_VERSION, ONNX_DOMAIN)
+
+
 def plugin_rejection(trt: ModuleType, attrs: dict[str, Any]) -> str | None:
     """Why the registered BlockSparseAttention plugin cannot take a node with ``attrs`` (None if
     it can). Asks the loaded library itself: its creator builds the plugin as the parser would."""
-    creator = trt.get_plugin_registry().get_creator(ONNX_OP, PLUGIN_VERSION, ONNX_DOMAIN)
+    creator = plugin_creator(trt)
     if creator is None:
         return f"no {ONNX_DOMAIN}::{ONNX_OP} version {PLUGIN_VERSION} creator is registered"
     try:
@@ -166,8 +171,7 @@ def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = N
     from their ONNX function body even when the plugin is registered. Raises ``TensorRTError``
     with the parser's errors."""
     trt, name = import_tensorrt(flavour)
-    if use_plugin and name == "tensorrt-rtx" and \
-            trt.get_plugin_registry().get_creator(ONNX_OP, PLUGIN_VERSION, ONNX_DOMAIN) is not None:
+    if use_plugin and name == "tensorrt-rtx" and plugin_creator(trt) is not None:
         prepare_rtx_parser(log)
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)

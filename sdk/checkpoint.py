@@ -421,13 +421,19 @@ def _buffers_only(model: torch.nn.Module) -> tuple[str, ...]:
 # ======================================================================================
 
 
+def _hash_tensor(h: "hashlib._Hash", key: str, tensor: torch.Tensor) -> None:
+    """Feed one named tensor (name, dtype, shape, bytes) into ``h``: the recipe of ``state_dict_hash``."""
+    t = tensor.detach().cpu().contiguous()
+    h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
 def state_dict_hash(sd: Mapping[str, torch.Tensor]) -> str:
     """A content hash of a state dict (names, dtypes, shapes and bytes)."""
     h = hashlib.sha256()
     for key in sorted(sd):
-        t = sd[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        _hash_tensor(h, key, sd[key])
     return h.hexdigest()[:16]
 
 
@@ -462,19 +468,20 @@ def write_random_checkpoint(directory: str | os.PathLike, dit_config: DiTConfig,
                                   ("conditioner", ImageConditioner, conditioner_config)):
             with torch.device("meta"):
                 model = cls(config)
-            # persistent state only: what save_checkpoint would write (no non-persistent buffers)
-            specs = [(k, tuple(v.shape), dtype if v.is_floating_point() else v.dtype)
-                     for k, v in model.state_dict().items()]
+            # persistent state only: what save_checkpoint would write (no non-persistent buffers);
+            # in sorted order, so the streamed hash is state_dict_hash of what was written
+            specs = sorted((k, tuple(v.shape), dtype if v.is_floating_point() else v.dtype)
+                           for k, v in model.state_dict().items())
             digest = hashlib.sha256()
             with SafetensorsWriter(tmp / PART_FILES[name], specs) as writer:
                 for key, shape, tensor_dtype in specs:
                     tensor = _random_init(key, shape, generator).to(tensor_dtype)
-                    digest.update(f"{key}|{tensor.dtype}|{shape}|".encode())
+                    _hash_tensor(digest, key, tensor)
                     writer.write(key, tensor)
                     if progress is not None:
                         progress(name, key)
             manifest[f"{name}_config"] = to_dict(config)
-            manifest.setdefault("hashes", {})[name] = "random-" + digest.hexdigest()[:16]
+            manifest.setdefault("hashes", {})[name] = digest.hexdigest()[:16]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return target
 

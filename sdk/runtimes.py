@@ -239,18 +239,22 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def engine_file_problem(entry: dict[str, Any], path: str | os.PathLike) -> str | None:
+def engine_file_problem(entry: dict[str, Any], path: str | os.PathLike, data: bytes | None = None) -> str | None:
     """Why the engine file at ``path`` does not match its manifest entry (missing, size, sha256),
-    or None when it does."""
+    or None when it does. ``data``: the file's bytes when the caller has read them already (the
+    runtime, which deserialises them next), so a GB-sized engine is not read twice."""
+    import hashlib
+
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         return "engine file missing"
     if not entry.get("sha256"):
         return "no sha256 recorded for the engine file (built by an older version)"
-    size = path.stat().st_size
+    size = path.stat().st_size if data is None else len(data)
     if size != entry.get("bytes"):
         return f"engine file is {size} bytes, the manifest recorded {entry.get('bytes')} (corrupt or replaced)"
-    if file_sha256(path) != entry["sha256"]:
+    digest = file_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
         return "engine file content does not match its recorded sha256 (corrupt or replaced)"
     return None
 
@@ -361,11 +365,12 @@ class TensorRTRuntime:
         if name not in self._contexts:
             if name not in self.entries or not (self.directory / name).is_file():
                 raise BackendError(f"{self.directory} has no {name}")
-            problem = engine_file_problem(self.entries[name], self.directory / name)
+            data = (self.directory / name).read_bytes()
+            problem = engine_file_problem(self.entries[name], self.directory / name, data)
             if problem is not None:
                 raise BackendError(f"{self.directory / name}: {problem}; rebuild with: s4d-export build "
                                    f"--engine-dir {self.directory}")
-            engine = self.runtime.deserialize_cuda_engine((self.directory / name).read_bytes())
+            engine = self.runtime.deserialize_cuda_engine(data)
             if engine is None:
                 raise BackendError(f"{name}: TensorRT could not deserialize the engine (built for another GPU or "
                                    "TensorRT?)")

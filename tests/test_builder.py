@@ -103,3 +103,20 @@ def test_plugin_stale_reason_follows_what_the_loaded_plugin_accepts(monkeypatch,
     legacy = dict(ENTRY, block_sparse_node=node)  # manifests from before plugin_layers: key fields decide
     assert builder.plugin_stale_reason(None, lib, legacy) is None
     assert builder.plugin_stale_reason(None, lib, dict(body, part="vae_query")) is None
+
+
+def test_engine_file_problem_from_bytes_in_hand_matches_the_file_check(tmp_path):
+    import hashlib
+
+    from sdk.runtimes import engine_file_problem
+
+    data = bytes(range(256)) * 8
+    path = tmp_path / "dit_t16.engine"
+    path.write_bytes(data)
+    entry = dict(ENTRY, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    assert engine_file_problem(entry, path) is None and engine_file_problem(entry, path, data) is None
+    flipped = data[:-1] + b"\x00"
+    path.write_bytes(flipped)
+    for problem in (engine_file_problem(entry, path), engine_file_problem(entry, path, flipped)):
+        assert "does not match its recorded sha256" in problem
+    assert "bytes, the manifest recorded" in engine_file_problem(entry, path, data[:7])

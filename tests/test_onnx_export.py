@@ -236,6 +236,11 @@ def test_fp16_checkpoint_exports_without_copying_the_dit(tmp_path):
     assert made.exit_code == 0 and "random weights, seed 3" in made.output, made.output
     again = CliRunner().invoke(app, ["random-checkpoint", "-o", str(ckpt), "--size", "tiny"])
     assert again.exit_code == 2 and "already exists" in again.output  # never replaced
+    from sdk.checkpoint import load_checkpoint, state_dict_hash
+
+    recorded = json.loads((ckpt / "sculpt4d.json").read_text())["hashes"]
+    loaded = load_checkpoint(ckpt)  # the streamed hash is the content hash of what was written
+    assert recorded == {part: state_dict_hash(getattr(loaded, part)) for part in ("dit", "vae", "conditioner")}
     dit, _, _, info = load_models(ckpt, torch.float16)
     weight = dit.blocks[0].attn1.to_q.weight
     assert weight.dtype == torch.float16

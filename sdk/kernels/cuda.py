@@ -77,8 +77,6 @@ _CUDA_CFLAGS = ["-O3"]
 # Head dims and block sizes with a compiled kernel: mirrors s4d_bsa_cuda_size_supported in
 # cpp_ext/include/s4d/block_sparse_attention_cuda.h (tests/test_cuda_kernels.py proves them equal).
 KERNEL_SIZES = (16, 32, 64, 128)
-_SUPPORTED_HEAD_DIMS = KERNEL_SIZES
-_SUPPORTED_BLOCK_SIZES = KERNEL_SIZES
 
 _MAX_RESOLUTION = 1024
 
@@ -249,11 +247,11 @@ def block_sparse_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size not in _SUPPORTED_BLOCK_SIZES:
-        raise ValueError(f"block_size must be one of {_SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size not in KERNEL_SIZES:
+        raise ValueError(f"block_size must be one of {KERNEL_SIZES}, got {block_size!r}")
     D = q.shape[-1]
-    if D not in _SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"head dim D must be one of {_SUPPORTED_HEAD_DIMS}, got {D}")
+    if D not in KERNEL_SIZES:
+        raise ValueError(f"head dim D must be one of {KERNEL_SIZES}, got {D}")
     for name, t in (("kv_offsets", kv_offsets), ("kv_indices", kv_indices)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1:
             raise ValueError(f"{name} must be a 1-D torch.int32 tensor")
