@@ -26,7 +26,7 @@ from .runtimes import (BackendError, OnnxRuntime, TensorRTRuntime, TorchRuntime,
                        is_export_directory)
 from .sampling import NOISE_MODES, SamplerSettings, sample_flow
 from .settings import (BACKENDS, DECODE_METHODS, MAX_RESOLUTION, SEED_RANGE,  # noqa: F401 (re-exported)
-                       GeneratorError, check_run_settings)
+                       GeneratorError, RunSettings, check_run_settings)
 from .sparse.attention import backends_used
 
 TINY_RANDOM = "tiny-random"
@@ -187,18 +187,10 @@ class Generator:
         from .meshseq import MeshSequence
         from .video import load_frames, prepare_sequence
 
-        defaults = self.defaults
-        num_frames = defaults["num_frames"] if num_frames is None else num_frames
-        steps = defaults["steps"] if steps is None else steps
-        guidance = defaults["guidance"] if guidance is None else guidance
-        resolution = defaults["resolution"] if resolution is None else resolution
-        matting = defaults["matting"] if matting is None else matting
-        check_run_settings(num_frames, steps, guidance, resolution, matting, start, end, seed)
-
-        if decode not in DECODE_METHODS:
-            raise GeneratorError(f"decode must be one of {DECODE_METHODS}, got {decode!r}")
-        if noise not in NOISE_MODES:
-            raise GeneratorError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
+        run = RunSettings(num_frames, steps, guidance, resolution, matting, seed, decode, noise, start,
+                          end).resolved(self.defaults)
+        num_frames, steps, guidance, resolution, matting = (run.num_frames, run.steps, run.guidance, run.resolution,
+                                                            run.matting)
         sampler = SamplerSettings(steps=steps, guidance=guidance, noise=noise, seed=seed)
         reporter = make_reporter(progress)
         timings: dict[str, float] = {}
@@ -318,5 +310,5 @@ class _stage:
         self.reporter.finish(self.name)
 
 
-__all__ = ["DEFAULT_MODEL", "Generator", "GeneratorError", "MAX_RESOLUTION", "TINY_RANDOM", "check_run_settings",
-           "default_model_path", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "Generator", "GeneratorError", "MAX_RESOLUTION", "RunSettings", "TINY_RANDOM",
+           "check_run_settings", "default_model_path", "resolve_model_path"]

@@ -7,6 +7,7 @@ reject a bad option in a fraction of a second instead of after importing torch.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -57,5 +58,49 @@ def check_run_settings(num_frames: Any = None, steps: Any = None, guidance: Any 
 
 class GeneratorError(ValueError):
     """A Generator cannot be built or run with the requested settings."""
+
+
+#: Settings a model may supply when a run leaves them out (``Generator.defaults``).
+MODEL_DEFAULTED = ("num_frames", "steps", "guidance", "resolution", "matting")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings of one conversion, as given (``None`` = take the model's default).
+
+    The one resolution + validation path: ``Generator.__call__``, ``s4d-convert`` (local and
+    ``--ray``) all build one of these, ``check()`` it before any model loads, then
+    ``resolved(generator.defaults)`` once the model is known."""
+
+    num_frames: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    resolution: int | None = None
+    matting: str | None = None
+    seed: int = 0
+    decode: str = "hierarchical"
+    noise: str = "shared"
+    start: float | None = None
+    end: float | None = None
+
+    def check(self, labels: dict[str, str] | None = None) -> "RunSettings":
+        """Raise ``GeneratorError`` naming the first unusable setting (``labels`` renames them,
+        e.g. to CLI options); returns self."""
+        labels = labels or {}
+        for name, value, allowed in (("decode", self.decode, DECODE_METHODS), ("noise", self.noise, NOISE_MODES)):
+            if value not in allowed:
+                raise GeneratorError(f"{labels.get(name, name)} must be one of {', '.join(allowed)}, got {value!r}")
+        check_run_settings(self.num_frames, self.steps, self.guidance, self.resolution, self.matting, self.start,
+                           self.end, self.seed, labels=labels)
+        return self
+
+    def resolved(self, defaults: dict[str, Any], labels: dict[str, str] | None = None) -> "RunSettings":
+        """Settings left out filled from ``defaults`` (a model's), then checked."""
+        filled = {key: defaults[key] for key in MODEL_DEFAULTED if getattr(self, key) is None}
+        return replace(self, **filled).check(labels)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``Generator.__call__``."""
+        return asdict(self)
 
 

@@ -10,134 +10,43 @@ no-replace rename. ``--overwrite`` replaces only a directory this tool wrote (it
 format tag, and no file the manifest does not list). An output never is, contains or sits inside
 an input. Output names are always one plain child of OUTDIR. Temporary directories of runs that
 were killed are removed by the next run into the same OUTDIR.
+
+Scale-out: --ray converts on a Ray cluster (Ray Data, one actor per --workers, each loading the
+model once); same outputs, exit codes and --json summary. A clip whose worker crashes is retried
+--retries times, then reported failed. Inputs and -o may be file://, s3:// or gs:// URIs; in an
+object store manifest.json is written last and marks a finished clip (--skip-existing resumes).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from ..batch import (RAN_KEYS, Item, OutputOptions, expand_inputs, overlapping_input,  # noqa: F401 (public here too)
+                     report_line, safe_output_name)
 from . import run, usage_error
 
 # Only typer at import: --help and usage errors must not pay for torch (sdk.video imports it);
 # everything heavy is imported inside the functions that do work.
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
-RAN_KEYS = ("attention_backend", "mcubes_backend", "matting", "threads", "fallbacks")
 OPTION_LABELS = {"num_frames": "--frames", "steps": "--steps", "guidance": "--guidance", "resolution": "--resolution",
-                 "matting": "--matting", "start": "--start", "end": "--end", "seed": "--seed"}
-
-
-@dataclass
-class Item:
-    """One conversion job: a video file or a directory of frames."""
-
-    input: str
-    name: str
-    output: str = ""
-    status: str = "pending"  # ok | failed | skipped
-    error: str | None = None
-    frames: int = 0
-    seconds: float = 0.0
-    # what ran: attention_backend, mcubes_backend, matting, threads, fallbacks (also in the manifest)
-    ran: dict | None = None
-
-
-def safe_output_name(stem: str) -> str:
-    """An output name that is always ONE plain child of OUTDIR: no path separators or control
-    characters, never empty, '.', '..' or hidden (a leading dot becomes '_'; temporaries are hidden)."""
-    name = "".join("_" if c in "/\\" or ord(c) < 32 or ord(c) == 127 else c for c in stem).strip()
-    bare = name.lstrip(".")
-    if not bare.strip("_ "):
-        return "input"
-    return (bare if bare == name else "_" + bare)[:200]
-
-
-def _classify(raw: str) -> List[Item]:
-    """One path argument (or glob match) -> items; raises OSError if a directory cannot be listed."""
-    from ..video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, broken_link_reason
-
-    path = Path(raw)
-    link = broken_link_reason(path)
-    if link:
-        return [Item(raw, path.stem or raw, status="failed",
-                     error=f"{raw!r} is {link}; expected a video file or a directory")]
-    if not path.is_dir():
-        return [Item(raw, path.stem or raw)]  # missing files fail later with a clear error
-    label = Path(os.path.realpath(path)).name or raw  # "..", "." -> the directory's real name
-    children = sorted(path.iterdir())
-    videos = [p for p in children if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
-    frames_dir = not videos and any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in children)
-    items = [Item(str(v), v.stem) for v in videos]
-    if frames_dir:
-        items.append(Item(str(path), label))
-    for child in children:  # unresolvable links are reported, not skipped silently
-        link = broken_link_reason(child)
-        if link and not (frames_dir and child.suffix.lower() in IMAGE_EXTENSIONS):  # those fail the frames item
-            items.append(Item(str(child), child.stem or child.name, status="failed",
-                              error=f"{link} inside input directory {raw!r}; skipped"))
-    if not videos and not frames_dir:
-        items.append(Item(raw, label, status="failed",
-                          error="directory has no videos " f"({', '.join(sorted(VIDEO_EXTENSIONS))}) "
-                                f"and no frames ({', '.join(sorted(IMAGE_EXTENSIONS))})"))
-    return items
-
-
-def expand_inputs(inputs: List[str]) -> List[Item]:
-    """Globs, directories of videos (one item per video), directories of frames (one item),
-    and plain files. Unusable arguments become failed items, so the batch still runs."""
-    items: List[Item] = []
-    for raw in inputs:
-        try:
-            if not os.path.lexists(raw) and any(c in raw for c in "*?["):
-                matches = sorted(glob.glob(raw))
-                if not matches:
-                    items.append(Item(raw, Path(raw).name or raw, status="failed", error="no file matches this pattern"))
-                for match in matches:
-                    items.extend(_classify(match))
-            else:
-                items.extend(_classify(raw))
-        except (OSError, RuntimeError) as exc:  # an unreadable directory, a loop on the way
-            items.append(Item(raw, Path(raw).name or raw, status="failed",
-                              error=f"cannot read {raw!r}: {getattr(exc, 'strerror', None) or exc}"))
-    seen: dict[str, int] = {}
-    for item in items:  # a.mp4 and a.mov must not share an output directory
-        item.name = safe_output_name(item.name)
-        count = seen.get(item.name, 0)
-        seen[item.name] = count + 1
-        if count:
-            item.name = f"{item.name}-{count}"
-    return items
-
-
-def overlapping_input(target: Path, inputs: List[str], frame_dirs: List[str]) -> str | None:
-    """Why ``target`` may not be written (it is, contains, or sits inside an input), or None."""
-    real = Path(os.path.realpath(target))
-    for raw in inputs:
-        path = Path(os.path.realpath(raw))
-        if path == real:
-            return f"it is the input {raw}"
-        if path.is_relative_to(real):
-            return f"it contains the input {raw}"
-    for raw in frame_dirs:
-        if real.is_relative_to(os.path.realpath(raw)):
-            return f"it is inside the input frame directory {raw}"
-    return None
+                 "matting": "--matting", "start": "--start", "end": "--end", "seed": "--seed",
+                 "decode": "--decode", "noise": "--noise"}
 
 
 @app.command(help=__doc__)
 def convert(
     inputs: List[str] = typer.Argument(..., help="Video files, globs, directories of videos, or directories of "
-                                                 "frames (png/jpg/webp)."),
-    outdir: Path = typer.Option(..., "--output", "-o", help="Output directory; each input writes OUTDIR/<name>/."),
+                                                 "frames (png/jpg/webp); also file:// and object-store URIs "
+                                                 "(s3://bucket/clip.mp4 or a prefix of videos)."),
+    outdir: str = typer.Option(..., "--output", "-o", help="Output directory, or a file:// / s3:// / gs:// URI; "
+                               "each input writes OUTDIR/<name>/."),
     model: str = typer.Option("default", "--model", "-m", help="Checkpoint file/directory, an s4d-export "
                               "directory, 'default' (the embedded demo model trained on synthetic primitives) "
                               "or 'tiny-random' (random weights, for smoke tests)."),
@@ -162,12 +71,31 @@ def convert(
     noise: str = typer.Option("shared", help="Initial noise: shared (one tensor for all frames) or independent."),
     start: Optional[float] = typer.Option(None, help="Start time in seconds (videos)."),
     end: Optional[float] = typer.Option(None, help="End time in seconds (videos)."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output directory exists."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output directory exists "
+                                       "(in an object store: whose manifest.json exists)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output directories (only ones "
                                 "s4d-convert wrote)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads for torch's intra-op work and "
                                           "the C++ attention kernel [default: torch's, one per physical core; "
                                           "$OMP_NUM_THREADS if set]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds one clip may take; a clip past it "
+                                            "fails with 'timed out' and its partial output is removed."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                              help="Convert on a Ray cluster (needs the [ray] extra): --ray alone "
+                                              "uses $RAY_ADDRESS, else starts a local cluster; --ray=ADDRESS "
+                                              "(e.g. ray://head:10001) joins that one. Put --ray after the inputs "
+                                              "or write --ray=ADDRESS."),
+    workers: int = typer.Option(1, "--workers", help="With --ray: converter actors (each loads the model once)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="With --ray: GPUs per actor; "
+                                                    "fractions pack several actors on one GPU [default: 1 when "
+                                                    "the cluster has GPUs and --device is not cpu, else 0]."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="With --ray: CPUs per actor."),
+    retries: int = typer.Option(1, "--retries", help="With --ray: times a clip is retried after its worker "
+                                "process died (crash, OOM kill); then it is reported failed."),
+    accelerator_type: Optional[str] = typer.Option(None, "--accelerator-type", help="With --ray: place workers "
+                                                   "only on nodes with this GPU type (Ray's name, e.g. H100, "
+                                                   "A100); TensorRT engines run only on the GPU they were "
+                                                   "built for."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     sequence_glb: bool = typer.Option(True, "--sequence-glb/--no-sequence-glb", help="Write sequence.glb (the "
@@ -177,29 +105,103 @@ def convert(
     viewer: bool = typer.Option(True, "--viewer/--no-viewer", help="Write viewer.html (a self-contained page "
                                 "that plays the sequence)."),
 ) -> None:
-    from ..atomic import check_target, clean_stale_partials
-    from ..meshseq import OutputExistsError, _check_formats, written_sequence
-    from ..settings import BACKENDS, DECODE_METHODS, NOISE_MODES, GeneratorError, check_run_settings
+    from ..atomic import clean_stale_partials
+    from ..batch import plan_items, summarize
+    from ..meshseq import _check_formats
+    from ..settings import BACKENDS, GeneratorError, RunSettings
+    from ..storage import local_path
     from ..video import MATTING_METHODS
 
+    # 1. options, all checked before anything loads
     if skip_existing and overwrite:
         usage_error("--skip-existing and --overwrite exclude each other")
     if threads is not None and not 1 <= threads <= 1024:
         usage_error(f"--threads must be between 1 and 1024, got {threads}")
-    for option, value, allowed in (("--decode", decode, DECODE_METHODS), ("--noise", noise, NOISE_MODES),
-                                   ("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
+    if timeout is not None and not timeout > 0:
+        usage_error(f"--timeout must be a positive number of seconds, got {timeout}")
+    for option, value, allowed in (("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
         if value is not None and value not in allowed:
             usage_error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
-    try:  # every setting given is checked before anything loads
-        check_run_settings(frames, steps, guidance, resolution, matting, start, end, seed, labels=OPTION_LABELS)
+    settings = RunSettings(frames, steps, guidance, resolution, matting, seed, decode, noise, start, end)
+    try:
+        settings.check(OPTION_LABELS)
     except GeneratorError as exc:
         usage_error(str(exc))
     try:
         formats = _check_formats(formats)
+        local_out = local_path(outdir)
     except ValueError as exc:
         usage_error(str(exc))
-    if os.path.lexists(outdir) and not outdir.is_dir():
+    if local_out is not None and os.path.lexists(local_out) and not local_out.is_dir():
         usage_error(f"--output {outdir} exists and is not a directory")
+    cluster = None
+    if ray_address is not None:
+        from ..distributed import ClusterError, ClusterOptions, check_cluster_options
+
+        cluster = ClusterOptions(ray_address, workers, gpus_per_worker, cpus_per_worker, retries, threads,
+                                 accelerator_type)
+        try:
+            check_cluster_options(cluster, inputs, model)
+        except ClusterError as exc:
+            usage_error(str(exc))
+    elif (workers, gpus_per_worker, cpus_per_worker, retries, accelerator_type) != (1, None, 1.0, 1, None):
+        usage_error("--workers, --gpus-per-worker, --cpus-per-worker, --retries and --accelerator-type need --ray")
+    options = OutputOptions(tuple(formats), overwrite, skip_existing, sequence_glb, preview, viewer, timeout)
+
+    # 2. the model (locally; on a cluster each worker loads its own)
+    generator = None
+    if cluster is None:
+        generator = _load_generator(model, backend, device, threads)
+        try:  # options left out take the model's own defaults; check the resolved values once
+            settings = settings.resolved(generator.defaults, OPTION_LABELS)
+        except GeneratorError as exc:
+            usage_error(str(exc))
+        fixed = generator.runtime.fixed_frames
+        if fixed is not None and fixed != settings.num_frames:
+            usage_error(f"model {model!r} was exported for {fixed} frames; pass --frames {fixed} or export another")
+
+    # 3. inputs and outputs
+    items = expand_inputs(inputs)
+    if local_out is not None:
+        for stale in clean_stale_partials(local_out):
+            typer.echo(f"removed {stale}: the temporary output of a run that was killed", err=True)
+    try:
+        plan_items(items, outdir, inputs, options)
+    except (OSError, ValueError) as exc:  # an object store that cannot be listed
+        usage_error(f"cannot use --output {outdir}: {exc}")
+    for item in items:
+        if item.status != "pending":
+            typer.echo(report_line(item), err=True)
+
+    # 4. convert
+    extra, setup_failed = {}, False
+    if cluster is None:
+        _convert_here(generator, items, settings, options, quiet)
+    else:
+        from ..distributed import ClusterError, convert_on_ray
+
+        def report(item: Item) -> None:
+            typer.echo(report_line(item), err=True)
+
+        try:
+            extra["ray"] = convert_on_ray(items, model, backend, device, settings, options, cluster,
+                                          on_result=report, progress=not quiet and sys.stderr.isatty())
+        except ClusterError as exc:  # the cluster cannot hold the workers asked for, or cannot be reached
+            usage_error(str(exc))
+        setup_failed = extra["ray"].pop("setup_failed", False)  # a bad --model, found by the workers
+
+    # 5. summary
+    summary = summarize(items, outdir, model, **extra)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"{summary['succeeded']} converted, {summary['skipped']} skipped, {summary['failed']} failed "
+                   f"-> {outdir}", err=True)
+    raise typer.Exit(code=2 if setup_failed else 1 if summary["failed"] else 0)
+
+
+def _load_generator(model: str, backend: str, device: str | None, threads: int | None):
+    """The Generator, or exit 2: any failure to load is a bad --model / --backend choice."""
     try:
         import warnings
 
@@ -215,26 +217,15 @@ def convert(
             generator = Generator.from_pretrained(model, backend=backend, device=device)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
-    except Exception as exc:  # any failure to load the model is a bad --model / --backend choice
+        return generator
+    except Exception as exc:
         usage_error(f"cannot load model {model!r}: {exc}")
-    try:  # options left out take the model's own defaults; check the resolved values once
-        defaults = generator.defaults
-        frames, steps, guidance, resolution, matting = (
-            defaults[key] if value is None else value
-            for key, value in (("num_frames", frames), ("steps", steps), ("guidance", guidance),
-                               ("resolution", resolution), ("matting", matting)))
-        check_run_settings(frames, steps, guidance, resolution, matting, labels=OPTION_LABELS)
-    except GeneratorError as exc:
-        usage_error(str(exc))
-    fixed = generator.runtime.fixed_frames
-    if fixed is not None and fixed != frames:
-        usage_error(f"model {model!r} was exported for {fixed} frames; pass --frames {fixed} or export another")
 
-    items = expand_inputs(inputs)
-    inputs_used = [raw for raw in inputs if os.path.lexists(raw)] + [i.input for i in items if i.status != "failed"]
-    frame_dirs = [i.input for i in items if i.status != "failed" and Path(i.input).is_dir()]
-    for stale in clean_stale_partials(outdir):
-        typer.echo(f"removed {stale}: the temporary output of a run that was killed", err=True)
+
+def _convert_here(generator, items: List[Item], settings, options: OutputOptions, quiet: bool) -> None:
+    """Convert the pending items one after another in this process."""
+    from ..batch import convert_one
+
     reporter = None
     if not quiet and sys.stderr.isatty():  # one overall bar plus one bar per stage of the current input
         from ..progress import RichProgress
@@ -244,73 +235,30 @@ def convert(
     for index, item in enumerate(items):
         if reporter is not None and index:
             reporter.advance("inputs")
-        if item.status == "failed":
-            _report(item, as_json)
-            continue
-        target = outdir / item.name
-        item.output = str(target)
-        overlap = overlapping_input(target, inputs_used, frame_dirs)
-        if overlap:
-            item.status, item.error = "failed", f"refusing to write output {target}: {overlap}; choose another -o"
-        elif os.path.lexists(target) and skip_existing:
-            item.status = "skipped"
-        elif os.path.lexists(target) and not overwrite:
-            item.status, item.error = "failed", f"output {target} exists (use --overwrite or --skip-existing)"
-        elif overwrite:
-            try:  # fail now, not after minutes of work, if the target is not ours to replace
-                check_target(target, overwrite, written_sequence, OutputExistsError)
-            except ValueError as exc:
-                item.status, item.error = "failed", str(exc)
-            except OutputExistsError as exc:
-                item.status, item.error = "failed", f"{exc} (--overwrite replaces only earlier s4d-convert outputs)"
         if item.status != "pending":
-            _report(item, as_json)
             continue
-        t0 = time.perf_counter()
-        try:
-            if not quiet:
-                typer.echo(f"[{index + 1}/{len(items)}] {item.input}", err=True)
-            seq = generator(item.input, num_frames=frames, steps=steps, guidance=guidance, seed=seed,
-                            resolution=resolution, decode=decode, noise=noise, matting=matting, start=start,
-                            end=end, progress=reporter)
-            seq.save(target, formats=formats, overwrite=overwrite, animated_glb=sequence_glb, preview=preview,
-                     viewer=viewer)
-            item.status, item.frames = "ok", len(seq)
-            item.ran = {key: seq.settings.get(key) for key in RAN_KEYS}
-        except OutputExistsError as exc:  # it was absent when this item started
-            item.status, item.error = "failed", str(exc) if overwrite else (
-                f"output {target} appeared meanwhile (another run wrote it while this one worked); nothing was "
-                "replaced (use --overwrite to replace it)")
-        except (ValueError, OSError, RuntimeError) as exc:
-            item.status, item.error = "failed", f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # keep the batch going; say it is ours
-            item.status, item.error = "failed", f"internal error ({type(exc).__name__}): {exc}"
-        item.seconds = round(time.perf_counter() - t0, 3)
-        _report(item, as_json)
-
+        if not quiet:
+            typer.echo(f"[{index + 1}/{len(items)}] {item.input}", err=True)
+        convert_one(generator, item, settings, options, progress=reporter)
+        typer.echo(report_line(item), err=True)
     if reporter is not None:
         reporter.advance("inputs")
         reporter.finish("inputs")
-    summary = {"outdir": str(outdir), "model": model, "items": [asdict(i) for i in items],
-               "succeeded": sum(i.status == "ok" for i in items), "skipped": sum(i.status == "skipped" for i in items),
-               "failed": sum(i.status == "failed" for i in items)}
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        typer.echo(f"{summary['succeeded']} converted, {summary['skipped']} skipped, {summary['failed']} failed "
-                   f"-> {outdir}", err=True)
-    raise typer.Exit(code=1 if summary["failed"] else 0)
 
 
-def _report(item: Item, as_json: bool) -> None:
-    if item.status == "ok":
-        line = f"ok      {item.input} -> {item.output} ({item.frames} meshes, {item.seconds:.1f} s)"
-    elif item.status == "skipped":
-        line = f"skipped {item.input}: {item.output} exists"
-    else:
-        line = f"FAILED  {item.input}: {item.error}"
-    typer.echo(line, err=True)
+def optional_value_args(argv: List[str], option: str = "--ray", bare: str = "auto") -> List[str]:
+    """``--ray`` takes an optional value: alone (last, or before another option) it means
+    ``--ray=auto``; ``--ray ADDRESS`` and ``--ray=ADDRESS`` name the cluster. Typer has no such
+    option kind, so the arguments are normalised before it parses them."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == option and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i] = f"{option}={bare}"
+    return out
 
 
 def main() -> None:
+    sys.argv[1:] = optional_value_args(sys.argv[1:])
     run(app)
