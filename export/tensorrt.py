@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
+from sdk.contract import ShapeRange  # noqa: F401 (re-exported: the profiles are part of the contract)
 from sdk.extras import require
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 
@@ -27,15 +28,6 @@ RTX_PARSER_LIBRARY = "libtensorrt_rtx.so"  # what the RTX ONNX parser dlopens fo
 
 class TensorRTError(RuntimeError):
     """TensorRT is missing, or could not parse / build a graph (with the parser's messages)."""
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """min / opt / max shape of one network input for the optimisation profile."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
 
 
 def import_tensorrt(flavour: str = "auto") -> tuple[ModuleType, str]:
