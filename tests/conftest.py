@@ -16,6 +16,17 @@ def ci_evidence() -> Callable[[str], None]:
     return _EVIDENCE.append
 
 
+@pytest.fixture
+def fresh_cpu_loader(monkeypatch, tmp_path):
+    """A fresh build-once state of the C++ CPU kernel (the process's own is restored afterwards)
+    building into a private cache directory."""
+    import sdk.kernels.cpu as cpu_mod
+
+    monkeypatch.setattr(cpu_mod, "LOADER", cpu_mod.make_loader())
+    monkeypatch.setenv("S4D_CACHE_DIR", str(tmp_path / "cache"))
+    return cpu_mod.LOADER
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: minutes of CPU and many GB of RAM; run with S4D_RUN_SLOW=1")
 
