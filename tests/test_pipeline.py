@@ -141,10 +141,10 @@ def test_convert_cli_unwritable_output(tmp_path):
 
 def test_convert_cli_usage_errors(tmp_path, monkeypatch):
     runner = CliRunner()
-    import sdk.pipeline
+    import sdk.checkpoint
 
     # No --model means the embedded demo model; a broken installation without it is a clear usage error.
-    monkeypatch.setattr(sdk.pipeline, "default_model_path", lambda: tmp_path / "missing")
+    monkeypatch.setattr(sdk.checkpoint, "default_model_path", lambda: tmp_path / "missing")
     res = runner.invoke(app, [str(tmp_path), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "embedded demo model is missing" in res.output
     monkeypatch.undo()
