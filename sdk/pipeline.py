@@ -163,7 +163,8 @@ class Generator:
         """Video (file, frame directory, or list of frames) -> ``MeshSequence``. Settings left as
         ``None`` come from :attr:`defaults`."""
         from .meshseq import MeshSequence
-        from .video import load_frames, prepare_sequence
+        from .conditioning import prepare_sequence
+        from .frames import load_frames
 
         defaults = self.defaults
         num_frames = defaults["num_frames"] if num_frames is None else num_frames

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
+
+# Shared helpers (import them with ``from conftest import ...``; no test file imports another).
+FAST = dict(num_frames=4, steps=3, resolution=24)  # a Generator call that takes seconds on CPU
+CLI_FAST = ["--model", "tiny-random", "--frames", "4", "--steps", "2", "--resolution", "24", "--quiet"]
+
+
+def write_clip(path: Path, num_frames: int = 12, size: int = 64, seed: int = 0) -> Path:
+    """A coloured square moving over a grey background, written by the SDK's video writer."""
+    from sdk.frames import write_video
+
+    colour = np.random.default_rng(seed).integers(0, 120, 3)
+    frames = []
+    for i in range(num_frames):
+        img = np.full((size, size, 3), 200, np.uint8)
+        x0 = 8 + i * 2
+        img[20:44, x0:x0 + 20] = colour
+        frames.append(img)
+    return write_video(frames, path, fps=12, codec="mpeg4")
 
 _EVIDENCE: list[str] = []
 

@@ -23,7 +23,7 @@ from sdk.pipeline import Generator
 from sdk.sparse import SparsePattern, attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pipeline import CLI_FAST, FAST, write_video  # noqa: E402
+from conftest import CLI_FAST, FAST, write_clip as write_video  # noqa: E402 (shared helpers)
 
 needs_kernel = pytest.mark.skipif(not cpu_mod.cpu_kernel_available(),
                                   reason=f"C++ CPU kernel unavailable: {cpu_mod.cpu_kernel_unavailable_reason()}")
