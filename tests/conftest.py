@@ -47,13 +47,39 @@ def fresh_cpu_loader(monkeypatch, tmp_path):
     return cpu_mod.LOADER
 
 
+@pytest.fixture(scope="session")
+def host_lib(tmp_path_factory):
+    """The CUDA kernels' host-side C++ built once per run with g++ (ctypes handle)."""
+    from cuda_support import build_host_lib
+
+    return build_host_lib(tmp_path_factory.mktemp("s4d_host"))
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: minutes of CPU and many GB of RAM; run with S4D_RUN_SLOW=1")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device and the CUDA kernels; skipped without them")
+
+
+def _gpu_skip_reason() -> str | None:
+    """Why ``gpu`` tests cannot run here (None: they can)."""
+    import torch
+
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return "no CUDA device"
+    from sdk.kernels.cuda import cuda_kernels_available, cuda_kernels_unavailable_reason
+
+    return None if cuda_kernels_available() else f"CUDA kernels unavailable ({cuda_kernels_unavailable_reason()})"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     import os
 
+    if any("gpu" in item.keywords for item in items):
+        reason = _gpu_skip_reason()
+        if reason is not None:
+            for item in items:
+                if "gpu" in item.keywords:
+                    item.add_marker(pytest.mark.skip(reason=reason))
     if os.environ.get("S4D_RUN_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow (minutes, GBs of RAM): set S4D_RUN_SLOW=1 to run it")
