@@ -31,7 +31,7 @@ from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import PLUGIN_VERSION
 
-from sdk.contract import (DEFAULT_BATCH_PROFILE, DIT, ENGINE_FORMAT, ENGINE_MANIFEST, KEY_FIELDS,  # noqa: F401
+from sdk.contract import (DIT, ENGINE_FORMAT, ENGINE_MANIFEST, KEY_FIELDS,  # noqa: F401
                           PARTS, BackendError, ShapeRange, engine_file_problem, part, read_engine_manifest)
 from sdk.kernels.native import find_plugin_library, gpu_description
 
@@ -162,16 +162,14 @@ def build_part_engine(trt, flavour: str, plugin: Path | None, name: str, onnx_fi
         if plugin is not None and not use_plugin:
             log(f"{name}: BlockSparseAttention plugin not used: {why_not}; building the ONNX function body instead")
     try:
-        return build_engine(onnx_file, shapes, flavour=flavour, default_batch=DEFAULT_BATCH_PROFILE,
-                            use_plugin=use_plugin, log=log), None
+        return build_engine(onnx_file, shapes, flavour=flavour, use_plugin=use_plugin, log=log), None
     except TensorRTError as exc:
         if not (use_plugin and node is not None):
             raise
         # the plugin accepted the node but the build failed around it: never die on a plugin problem
         log(f"{name}: building with the BlockSparseAttention plugin failed ({exc}); building the ONNX "
             "function body instead")
-        return build_engine(onnx_file, shapes, flavour=flavour, default_batch=DEFAULT_BATCH_PROFILE,
-                            use_plugin=False, log=log), str(exc)
+        return build_engine(onnx_file, shapes, flavour=flavour, use_plugin=False, log=log), str(exc)
 
 
 def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: str = "fp16",

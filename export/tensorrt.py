@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
-from sdk.contract import ShapeRange  # noqa: F401 (re-exported: the profiles are part of the contract)
+from sdk.contract import DEFAULT_BATCH_PROFILE, ShapeRange
 from sdk.extras import require
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 
@@ -156,7 +156,7 @@ def count_plugin_layers(trt: ModuleType, network) -> int:
 
 
 def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = None, flavour: str = "auto",
-                 default_batch: tuple[int, int, int] = (1, 2, 2), use_plugin: bool = True,
+                 default_batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE, use_plugin: bool = True,
                  log: Callable[[str], None] = print) -> BuiltEngine:
     """Parse ``onnx_path`` and build a serialized engine. Dynamic dims not covered by ``shapes``
     get ``default_batch`` (min, opt, max). ``use_plugin=False`` builds BlockSparseAttention nodes
