@@ -30,7 +30,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdk.kernels.cuda import block_sparse_attention_cuda, cuda_kernels_available, cuda_kernels_unavailable_reason
-from sdk.sparse.pattern import SparsePattern, resolve_schedule
+from sdk.sparse.pattern import SparsePattern, parse_schedule
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda_kernels_available():
         print(f"attention_gpu: CUDA kernels unavailable: {cuda_kernels_unavailable_reason()}", file=sys.stderr)
         return 1
-    schedule = tuple(int(s) for s in args.schedule.split(",")) if "," in args.schedule or args.schedule.isdigit() \
-        else resolve_schedule(args.schedule)
+    schedule = parse_schedule(args.schedule)
     device = torch.device("cuda")
     B, H, D, P, bs = args.batch, args.heads, args.dim, args.tokens, args.block_size
     scale = 1.0 / math.sqrt(D)

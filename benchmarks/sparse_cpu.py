@@ -33,7 +33,7 @@ except ImportError:  # run from a checkout without installing
 from sdk.kernels.cpu import (block_sparse_attention_cpu, cpu_kernel_available, cpu_kernel_info,
                              cpu_kernel_unavailable_reason)
 from sdk.sparse.attention import blocked_block_sparse_attention, reference_block_sparse_attention
-from sdk.sparse.pattern import SparsePattern, resolve_schedule
+from sdk.sparse.pattern import SparsePattern, parse_schedule
 
 
 def cpu_model() -> str:
@@ -45,12 +45,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def parse_schedule(text: str):
-    if "," in text or text.isdigit():
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    return resolve_schedule(text)
 
 
 def main(argv: list[str] | None = None) -> int:

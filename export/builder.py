@@ -7,12 +7,12 @@ Layout of an engine directory::
     vae_decoder.engine, vae_query.engine, conditioner.engine   (frame-count independent)
     onnx/t16/...               the ONNX export each DiT engine came from
 
-The cache key of an engine is its manifest entry minus the build bookkeeping: model hash, part,
-frames, schedule, anchor, block size, precision, TensorRT flavour and version, target GPU and
-plugin version. A matching existing engine is reused; a stale one is rebuilt and the reason is
+The cache key of an engine is its manifest entry minus the build bookkeeping (``sdk.contract``:
+``Part.key_fields``): model hash, part, frames, schedule, anchor, block size, precision, TensorRT
+flavour and version, target GPU and plugin version. A matching existing engine is reused; a stale one is rebuilt and the reason is
 printed in one line. Each entry records the engine file's size (``bytes``) and ``sha256``: a file
 that does not match (corrupt, truncated, replaced) is stale too, and ``inspect`` reports it. The
-manifest's shape is validated (``sdk.runtimes.check_engine_manifest``) before anything uses it.
+manifest's shape is validated (``sdk.contract.check_engine_manifest``) before anything uses it.
 """
 
 from __future__ import annotations
@@ -31,23 +31,17 @@ from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import PLUGIN_VERSION
 
-from sdk.runtimes import (ENGINE_FORMAT, ENGINE_MANIFEST, BackendError, engine_file_problem, find_plugin_library,
-                          gpu_description, read_engine_manifest)
+from sdk.contract import (DIT, ENGINE_FORMAT, ENGINE_MANIFEST, KEY_FIELDS,  # noqa: F401
+                          PARTS, BackendError, ShapeRange, engine_file_problem, part, read_engine_manifest)
+from sdk.kernels.native import find_plugin_library, gpu_description
 
 from .onnx import DTYPES, ExportError, export_onnx, exporter_fingerprint, load_models
-from .tensorrt import (BuiltEngine, ShapeRange, TensorRTError, build_engine, import_tensorrt, plugin_creator,
-                       plugin_rejection)
+from .tensorrt import BuiltEngine, TensorRTError, build_engine, import_tensorrt, plugin_creator, plugin_rejection
 
 MANIFEST = ENGINE_MANIFEST
 PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 TARGETS = ("tensorrt", "tensorrt-rtx")
-# Fields that decide whether an engine can be reused.
-KEY_FIELDS = ("part", "model_hash", "frames", "schedule", "anchor", "block_size", "precision", "flavour",
-              "tensorrt_version", "target", "plugin_version", "plugin_loaded", "max_query_points",
-              "max_images", "exporter")
 _LOADED_PLUGINS: set[str] = set()  # plugin libraries this process registered
-PART_HASH = {"dit": "dit_hash", "vae_decoder": "vae_hash", "vae_query": "vae_hash",
-             "conditioner": "conditioner_hash"}
 
 
 @dataclass
@@ -113,7 +107,7 @@ def stale_reason(old: dict[str, Any] | None, new: dict[str, Any], engine_path: P
         return "not built yet"
     if not engine_path.is_file():
         return "engine file missing"
-    for key in KEY_FIELDS:
+    for key in part(new["part"]).key_fields:
         if old.get(key) != new.get(key):
             return f"{key} changed: {old.get(key)!r} -> {new.get(key)!r}"
     return engine_file_problem(old, engine_path)
@@ -148,15 +142,10 @@ def plugin_stale_reason(trt, plugin: Path | None, old: dict[str, Any]) -> str | 
     return None
 
 
-def engine_shapes(part: str, image_size: int, max_query_points: int = 1 << 18,
+def engine_shapes(part_name: str, image_size: int, max_query_points: int = 1 << 18,
                   max_images: int = 16) -> dict[str, ShapeRange] | None:
-    """The optimisation profile of a part's engine (inputs not named: batch 1..2, opt 2)."""
-    if part == "vae_query":
-        return {"xyz": ShapeRange((1, 1, 3), (1, max_query_points, 3), (1, max_query_points, 3))}
-    if part == "conditioner":
-        return {"images": ShapeRange((1, 3, image_size, image_size), (min(4, max_images), 3, image_size, image_size),
-                                     (max_images, 3, image_size, image_size))}
-    return None
+    """The optimisation profile of a part's engine (``sdk.contract.Part.profile``)."""
+    return part(part_name).profile(image_size, max_query_points, max_images)
 
 
 def build_part_engine(trt, flavour: str, plugin: Path | None, name: str, onnx_file: Path,
@@ -206,27 +195,22 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
     plugin = _load_plugin(trt, log)
     # in the engine's precision: an fp16 checkpoint's weights are used memory-mapped, not copied
     models = load_models(checkpoint, DTYPES[precision])
-    temporal = models[0].config.temporal
-    base = {"precision": precision, "flavour": flavour, "exporter": exporter_fingerprint(),
-            "tensorrt_version": trt.__version__, "target": target_description(flavour),
-            "plugin_version": PLUGIN_VERSION, "plugin_loaded": plugin is not None,
-            "plugin_path": str(plugin) if plugin else None,
-            "schedule": list(resolve_schedule(schedule) if schedule is not None else temporal.schedule),
-            "anchor": temporal.anchor if anchor is None else anchor,
-            "block_size": block_size or temporal.block_size}
+    temporal = models.dit.config.temporal
+    settings = {"precision": precision, "flavour": flavour, "exporter": exporter_fingerprint(),
+                "tensorrt_version": trt.__version__, "target": target_description(flavour),
+                "plugin_version": PLUGIN_VERSION, "plugin_loaded": plugin is not None,
+                "plugin_path": str(plugin) if plugin else None,
+                "schedule": list(resolve_schedule(schedule) if schedule is not None else temporal.schedule),
+                "anchor": temporal.anchor if anchor is None else anchor,
+                "block_size": block_size or temporal.block_size,
+                "max_query_points": max_query_points, "max_images": max_images}
 
-    jobs: list[tuple[str, int | None]] = [("dit", int(t)) for t in dict.fromkeys(frames)]
-    jobs += [("vae_decoder", None), ("vae_query", None), ("conditioner", None)]
+    jobs = [(DIT, int(t)) for t in dict.fromkeys(frames)] + [(spec, None) for spec in PARTS.values() if spec is not DIT]
     # 1. export every stale part while the PyTorch models are loaded ...
     pending = []
-    for part, t in jobs:
-        name = f"dit_t{t}.engine" if part == "dit" else f"{part}.engine"
-        entry = dict(base, part=part, frames=t, model_hash=models[3][PART_HASH[part]],
-                     max_query_points=max_query_points if part == "vae_query" else None,
-                     max_images=max_images if part == "conditioner" else None)
-        if part != "dit":  # neither the schedule nor the plugin enter these graphs
-            entry.update(frames=None, schedule=None, anchor=None, block_size=None, plugin_loaded=None,
-                         plugin_path=None)
+    for spec, t in jobs:
+        name = spec.engine_name(t)
+        entry = spec.cache_entry(settings, models.source[spec.hash_key], t)
         if name not in manifest["engines"] and os.path.lexists(out / name):
             raise TensorRTError(f"{out / name} exists but {out / MANIFEST} has no entry for it, so nothing proves "
                                 "s4d-export build wrote it; move it away or choose another --engine-dir")
@@ -238,33 +222,33 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
             continue
         log(f"building {name}: {reason}")
         t0 = time.perf_counter()
-        onnx_dir = out / "onnx" / (f"dit_t{t}" if part == "dit" else part)
-        export = export_onnx(models, onnx_dir, frames=t or 1, dtype=precision, schedule=base["schedule"],
-                             anchor=base["anchor"], block_size=base["block_size"], parts=(part,))
-        pending.append((name, part, entry, export, round(time.perf_counter() - t0, 2)))
-    image_size, source = models[2].config.image_size, models[3]
+        export = export_onnx(models, out / "onnx" / spec.build_dir(t), frames=t or 1, dtype=precision,
+                             schedule=settings["schedule"], anchor=settings["anchor"],
+                             block_size=settings["block_size"], parts=(spec.name,))
+        pending.append((name, spec, entry, export, round(time.perf_counter() - t0, 2)))
+    image_size, source = models.conditioner.config.image_size, models.source
     # 2. ... then free them: TensorRT holds a copy of the weights while it builds, the largest
     # engine is as big as the model, and the two need not coexist with the PyTorch model
     del models
     gc.collect()
-    for name, part, entry, export, export_seconds in pending:
+    for name, spec, entry, export, export_seconds in pending:
         t0 = time.perf_counter()
-        shapes = engine_shapes(part, image_size, max_query_points, max_images)
+        shapes = spec.profile(image_size, max_query_points, max_images)
         exported = export.manifest
-        built, fallback = build_part_engine(trt, flavour, plugin, name, export.files[part],
-                                            exported["block_sparse_node"] if part == "dit" else None, precision,
+        node = exported["block_sparse_node"] if spec is DIT else None
+        built, fallback = build_part_engine(trt, flavour, plugin, name, export.files[spec.name], node, precision,
                                             shapes, log)
         engine = built.data
         atomic_write_bytes(out / name, engine)
         manifest["engines"][name] = dict(
             entry, file=name, bytes=len(engine), sha256=hashlib.sha256(engine).hexdigest(),
-            onnx=str(export.files[part]), source=source,
+            onnx=str(export.files[spec.name]), source=source,
             built_at=time.strftime("%Y-%m-%dT%H:%M:%S"), export_seconds=export_seconds,
             build_seconds=round(export_seconds + time.perf_counter() - t0, 2),
             host=platform.node(), tokens_per_frame=exported["tokens_per_frame"], plugin_layers=built.plugin_layers,
             plugin_fallback=fallback,
             context_tokens=exported["context_tokens"],
-            block_sparse_node=exported["block_sparse_node"] if part == "dit" else None,
+            block_sparse_node=node,
             configs={k: exported[k] for k in ("dit_config", "vae_config", "conditioner_config")})
         del built, engine
         atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())

@@ -10,6 +10,7 @@ import typer
 
 from sdk.cli import run, usage_error
 from sdk.sparse import PRESETS, PatternError
+from sdk.sparse import parse_schedule as parse_strides
 
 app = typer.Typer(help="Sculpt4D export tools: TensorRT engines, ONNX export and the FLOPs planner.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -24,13 +25,9 @@ def _root() -> None:
 
 
 def parse_schedule(text: str) -> str | tuple[int, ...]:
-    """A preset name, or comma-separated positive integers."""
-    if text in PRESETS:
-        return text
-    try:
-        return tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a list of integers")
+    """A preset name (kept as the name, which reports print), or comma-separated positive
+    integers; ``PatternError`` (a usage error) otherwise."""
+    return text if text in PRESETS else parse_strides(text)
 
 
 @app.command()

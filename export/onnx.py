@@ -22,7 +22,6 @@ fused attention accumulates in fp32). Models over 2 GB are saved with external d
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -32,7 +31,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -40,17 +39,16 @@ from torch import nn
 
 from sdk.atomic import atomic_directory, check_target, files_in, written_by_us
 from sdk.config import to_dict
-from sdk.runtimes import EXPORT_FORMAT, EXPORT_MANIFEST
+from sdk.contract import CONDITIONER, DIT, EXPORT_FORMAT, EXPORT_MANIFEST, PART_NAMES, PARTS, VAE_DECODER, VAE_QUERY
 from sdk.extras import require
 from sdk.sparse import PatternError, SparsePattern, resolve_schedule
-from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, _padded_lists
+from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP
 
 OPSET = 20
 MANIFEST = EXPORT_MANIFEST
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TWO_GB = 2 * 1024 ** 3
-FILES = {"dit": "dit.onnx", "vae_decoder": "vae_decoder.onnx", "vae_query": "vae_query.onnx",
-         "conditioner": "conditioner.onnx"}
+FILES = {name: spec.onnx_file for name, spec in PARTS.items()}  # part -> file name (sdk.contract)
 
 
 class ExportError(ValueError):
@@ -136,7 +134,7 @@ def block_sparse_function(attrs: dict[str, Any], opset: int = OPSET):
                                        tuple(attrs["schedule"]), bool(attrs["anchor"]))
     bs, D = attrs["block_size"], attrs["head_dim"]
     R = pattern.num_blocks
-    index, valid = _padded_lists(pattern)
+    index, valid = pattern.padded_kv_lists()
     M = index.shape[1]
     bias = np.where(valid.numpy(), 0.0, -np.inf).astype(np.float32).repeat(bs, axis=1)[:, None, :]  # [R,1,M*bs]
 
@@ -252,14 +250,21 @@ def _export_module(module: nn.Module, args: tuple, path: Path, input_names: list
     return attrs
 
 
+def _export_part(spec, module: nn.Module, example: tuple, tmp: Path,
+                 external_data: bool | None) -> dict[str, Any] | None:
+    """Export one part under its contract: file name, input / output names, dynamic dims."""
+    return _export_module(module, example, tmp / spec.onnx_file, list(spec.inputs), list(spec.outputs),
+                          dynamic_shapes=spec.dynamic_shapes(), external_data=external_data)
+
+
 def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, frames: int, dtype: str = "fp32",
                 schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
-                block_size: int | None = None, parts: Sequence[str] = ("dit", "vae_decoder", "vae_query",
-                                                                          "conditioner"),
+                block_size: int | None = None, parts: Sequence[str] = PART_NAMES,
                 overwrite: bool = True, external_data: bool | None = None) -> ExportResult:
-    """Export ``source`` (a checkpoint path, ``"tiny"`` for the tiny random model, or the tuple
-    ``load_models`` returns) into ``out_dir`` for ``frames`` frames. Files are written to a temp
-    dir, then moved in place. The models are modified in place only by the schedule override.
+    """Export ``source`` (a checkpoint path, ``"tiny"`` for the tiny random model, or the
+    ``LoadedModels`` of ``load_models``) into ``out_dir`` for ``frames`` frames. Files are written
+    to a temp dir, then moved in place. The models are left as they were (the schedule override
+    and the dense MoE hold only inside ``Sculpt4DDiT.export_mode``).
     ``external_data``: weights in ``<graph>.onnx.data`` beside each graph; None (default) does
     that for graphs over ~2 GB, which protobuf cannot hold."""
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
@@ -296,41 +301,32 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
     files: dict[str, Path] = {}
     node_attrs = None
     with atomic_directory(out, overwrite, exists_error=ExportError, owned=written_export) as tmp, \
-            _export_settings(dit, temporal):
+            dit.export_mode(temporal):
         gen = torch.Generator().manual_seed(0)
         L, Cc = cond.config.num_tokens, dit.config.context_dim
         if "dit" in parts:
             example = (torch.randn(2, frames, P, dit.config.in_channels, generator=gen).to(torch_dtype),
                        torch.rand(2, generator=gen).to(torch_dtype),
                        torch.randn(2, frames, L, Cc, generator=gen).to(torch_dtype))
-            batch = torch.export.Dim("batch", min=1, max=2)
-            node_attrs = _export_module(prepare(dit), example, tmp / FILES["dit"], ["latents", "t", "context"],
-                                        ["velocity"], dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
-                                        external_data=external_data)
-            files["dit"] = out / FILES["dit"]
+            node_attrs = _export_part(DIT, prepare(dit), example, tmp, external_data)
+            files["dit"] = out / DIT.onnx_file
         vcfg = vae.config
         if "vae_decoder" in parts:
             lat = torch.randn(1, vcfg.num_latents, vcfg.embed_dim, generator=gen).to(torch_dtype)
-            _export_module(prepare(VAEDecoderGraph(vae)), (lat,), tmp / FILES["vae_decoder"], ["latents"],
-                           ["key", "value"], external_data=external_data)
-            files["vae_decoder"] = out / FILES["vae_decoder"]
+            _export_part(VAE_DECODER, prepare(VAEDecoderGraph(vae)), (lat,), tmp, external_data)
+            files["vae_decoder"] = out / VAE_DECODER.onnx_file
         if "vae_query" in parts:
             with torch.no_grad():
                 kv = vae.geo_decoder.precompute_kv(vae.decode(torch.randn(1, vcfg.num_latents, vcfg.embed_dim)))
             xyz = (torch.rand(1, 4096, 3, generator=gen) * 2 - 1).to(torch_dtype)
-            points = torch.export.Dim("points", min=1, max=1 << 24)
-            _export_module(prepare(VAEQueryGraph(vae)), (kv.key.to(torch_dtype), kv.value.to(torch_dtype), xyz),
-                           tmp / FILES["vae_query"], ["key", "value", "xyz"], ["field"],
-                           dynamic_shapes=(None, None, {1: points}),
-                           external_data=external_data)
-            files["vae_query"] = out / FILES["vae_query"]
+            _export_part(VAE_QUERY, prepare(VAEQueryGraph(vae)),
+                         (kv.key.to(torch_dtype), kv.value.to(torch_dtype), xyz), tmp, external_data)
+            files["vae_query"] = out / VAE_QUERY.onnx_file
         if "conditioner" in parts:
             size = cond.config.image_size
             images = torch.randn(1, 3, size, size, generator=gen).to(torch_dtype)
-            _export_module(prepare(cond), (images,), tmp / FILES["conditioner"], ["images"], ["tokens"],
-                           dynamic_shapes=({0: torch.export.Dim("images", min=1, max=64)},),
-                           external_data=external_data)
-            files["conditioner"] = out / FILES["conditioner"]
+            _export_part(CONDITIONER, prepare(cond), (images,), tmp, external_data)
+            files["conditioner"] = out / CONDITIONER.onnx_file
         manifest = {
             "format": EXPORT_FORMAT, "version": 1, "frames": frames, "dtype": dtype, "opset": OPSET,
             "schedule": list(temporal.schedule), "anchor": temporal.anchor, "block_size": temporal.block_size,
@@ -353,42 +349,27 @@ def written_export(directory: Path) -> str | None:
     return None if reason is None else f"it is not an ONNX export directory written by s4d-export ({reason})"
 
 
-@contextlib.contextmanager
-def _export_settings(dit: nn.Module, temporal):
-    """Export-time settings on the caller's DiT (schedule override, dense MoE), restored after."""
-    saved_config = dit.config
-    saved = [(b.temporal_attn, b.temporal_attn.temporal) for b in dit.blocks if b.has_temporal]
-    saved_moe = [(m, m.impl) for m in dit.modules() if hasattr(m, "impl") and hasattr(m, "experts")]
-    try:
-        for attn, _ in saved:
-            attn.temporal = temporal
-        dit.config = dataclasses.replace(dit.config, temporal=temporal)
-        dit.set_moe_impl("dense")
-        yield
-    finally:
-        dit.config = saved_config
-        for attn, value in saved:
-            attn.temporal = value
-        for moe, impl in saved_moe:
-            moe.impl = impl
+class LoadedModels(NamedTuple):
+    """What ``load_models`` returns (a tuple, so ``dit, vae, cond, info = load_models(...)`` works)."""
+
+    dit: nn.Module
+    vae: nn.Module
+    conditioner: nn.Module
+    source: dict[str, Any]  # name / path / layout, run defaults, and each part's weight hash (``<part>_hash``)
 
 
-def load_models(source: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """(dit, vae, conditioner, source info) from a checkpoint path, ``"default"`` (the embedded
+def load_models(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModels:
+    """The DiT, VAE, conditioner and source info of a checkpoint path, ``"default"`` (the embedded
     demo model) or ``"tiny"``. A DiT stored in ``dtype`` keeps the checkpoint's memory-mapped
     tensors as its weights (no copy: how a 3B-parameter fp16 DiT fits on a 24 GB machine);
     otherwise the weights are converted to float32 as for inference."""
-    from sdk.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint, state_dict_hash
+    from sdk.checkpoint import (TINY_RANDOM, build_conditioner, build_dit, build_vae, load_checkpoint,
+                                resolve_model_path, state_dict_hash, tiny_random_models)
 
-    if str(source) in ("tiny", "tiny-random"):
-        from sdk.pipeline import Generator
-
-        gen = Generator.tiny_random(seed=0)
-        info = {"name": "tiny-random", "seed": 0}
-        dit, vae, cond = gen.dit, gen.vae, gen.conditioner
+    if str(source) in ("tiny", TINY_RANDOM):
+        info = {"name": TINY_RANDOM, "seed": 0}
+        dit, vae, cond = (m.eval() for m in tiny_random_models(seed=0))
     else:
-        from sdk.pipeline import resolve_model_path
-
         ckpt = load_checkpoint(resolve_model_path(source))
         if ckpt.vae is None or ckpt.conditioner is None:
             raise ExportError(f"{ckpt.source}: export needs DiT, VAE and conditioner weights")
@@ -402,7 +383,7 @@ def load_models(source: str | os.PathLike, dtype: torch.dtype = torch.float32):
             info["defaults"] = ckpt.metadata["defaults"]
     for part, model in (("dit", dit), ("vae", vae), ("conditioner", cond)):
         info[f"{part}_hash"] = state_dict_hash(model.state_dict())
-    return dit, vae, cond, info
+    return LoadedModels(dit, vae, cond, info)
 
 
 def exporter_fingerprint() -> str:
@@ -420,5 +401,5 @@ def exporter_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["ExportError", "ExportResult", "export_onnx", "block_sparse_function", "attach_block_sparse_function",
+__all__ = ["ExportError", "ExportResult", "LoadedModels", "export_onnx", "load_models", "block_sparse_function", "attach_block_sparse_function",
            "half_precision_copy"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
+from sdk.contract import DEFAULT_BATCH_PROFILE, ShapeRange
 from sdk.extras import require
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 
@@ -27,15 +28,6 @@ RTX_PARSER_LIBRARY = "libtensorrt_rtx.so"  # what the RTX ONNX parser dlopens fo
 
 class TensorRTError(RuntimeError):
     """TensorRT is missing, or could not parse / build a graph (with the parser's messages)."""
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """min / opt / max shape of one network input for the optimisation profile."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
 
 
 def import_tensorrt(flavour: str = "auto") -> tuple[ModuleType, str]:
@@ -164,7 +156,7 @@ def count_plugin_layers(trt: ModuleType, network) -> int:
 
 
 def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = None, flavour: str = "auto",
-                 default_batch: tuple[int, int, int] = (1, 2, 2), use_plugin: bool = True,
+                 default_batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE, use_plugin: bool = True,
                  log: Callable[[str], None] = print) -> BuiltEngine:
     """Parse ``onnx_path`` and build a serialized engine. Dynamic dims not covered by ``shapes``
     get ``default_batch`` (min, opt, max). ``use_plugin=False`` builds BlockSparseAttention nodes

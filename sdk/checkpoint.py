@@ -100,6 +100,41 @@ def detect_layout(path: str | os.PathLike) -> tuple[str, Path]:
     raise CheckpointError(f"{p}: unknown checkpoint file type {p.suffix!r}; expected .ckpt or .safetensors")
 
 
+TINY_RANDOM = "tiny-random"
+DEFAULT_MODEL = "default"  # the embedded demo model, see Generator.default()
+
+
+def default_model_path() -> Path:
+    """Where the embedded demo checkpoint lives inside the installed package."""
+    return Path(__file__).resolve().parent / "weights" / "demo"
+
+
+def resolve_model_path(path: str | os.PathLike) -> str | os.PathLike:
+    """``"default"`` -> the embedded demo checkpoint's directory; anything else unchanged."""
+    from .settings import GeneratorError
+
+    if str(path) != DEFAULT_MODEL:
+        return path
+    root = default_model_path()
+    if not (root / "sculpt4d.json").is_file():
+        raise GeneratorError(f"the embedded demo model is missing from this installation ({root}); "
+                             "reinstall the package or train it with examples/train_demo/train.py all")
+    return root
+
+
+def tiny_random_models(seed: int = 0):
+    """``(dit, vae, conditioner)`` of the tiny RANDOM-WEIGHT model (same code, small widths) for
+    tests, smoke runs and exports; seeds torch's global generator with ``seed``."""
+    from .models import ImageConditioner, Sculpt4DDiT, ShapeVAE
+
+    torch.manual_seed(seed)
+    dit, vae, cond = Sculpt4DDiT(DiTConfig.tiny()), ShapeVAE(VAEConfig.tiny()), ImageConditioner(ConditionerConfig.tiny())
+    with torch.no_grad():
+        for block in dit.blocks:  # exercise the temporal path (it starts at zero)
+            torch.nn.init.normal_(block.temporal_attn.out_proj.weight, std=0.02)
+    return dit, vae, cond
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint of any supported layout into state dicts and configs (CPU tensors)."""
     layout, target = detect_layout(path)

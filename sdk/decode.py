@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from sdk.mcubes import WorldBox, _check_resolution, grid_to_world
+from sdk.grid import WorldBox, check_resolution, grid_to_world
 
 QueryFn = Callable[[Tensor], Tensor]
 
@@ -68,7 +68,7 @@ def grid_points(resolution: int, box: WorldBox = WorldBox(), device=None,
                 dtype: torch.dtype = torch.float32) -> Tensor:
     """All ``(R+1)^3`` grid points ``[(R+1)^3, 3]``, x-major (``ij`` indexing): row
     ``(i*(R+1) + j)*(R+1) + k`` is the point ``(i, j, k)``."""
-    _check_resolution(resolution)
+    check_resolution(resolution)
     axis = _axis(resolution, box, device, dtype)
     gx, gy, gz = torch.meshgrid(axis, axis, axis, indexing="ij")
     return torch.stack([gx, gy, gz], dim=-1).reshape(-1, 3)
@@ -158,7 +158,7 @@ def decode_field_dense(query_fn: QueryFn, resolution: int, box: WorldBox = World
                        device=None) -> tuple[Tensor, DecodeStats]:
     """Query every grid point. Returns the float32 field ``[R+1]^3`` (on ``device``: default the
     query function's ``device`` attribute, else CPU) and its stats."""
-    _check_resolution(resolution)
+    check_resolution(resolution)
     device = _resolve_device(query_fn, device)
     chunk = resolve_chunk_size(query_fn, chunk_size, max_chunk_bytes)
     n = resolution + 1
@@ -281,7 +281,7 @@ def decode_field_hierarchical(query_fn: QueryFn, resolution: int, box: WorldBox 
     """Coarse-to-fine decode (see the module docstring). Same output as
     :func:`decode_field_dense` wherever the surface lies in refined cells; the stats count the
     points actually queried."""
-    _check_resolution(resolution)
+    check_resolution(resolution)
     if coarse_resolution is None:
         coarse_resolution = default_coarse_resolution(resolution)
     _check_coarse(resolution, coarse_resolution)

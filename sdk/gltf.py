@@ -52,10 +52,17 @@ def animation_times(frame_times: Sequence[float | None], n: int) -> list[float]:
 
 def clip_fps(frame_times: Sequence[float | None], n: int) -> float:
     """Frames per second of the sampled clip (24 when the times are unknown)."""
-    from .meshseq import _sample_rate
-
     times = list(frame_times)
-    return _sample_rate(times if len(times) == n else [], n)
+    return sample_rate(times if len(times) == n else [], n)
+
+
+def sample_rate(times: Sequence[float | None], n: int) -> float:
+    """Frames per second of ``n`` frames at ``times`` (24 unless all n are known and increase
+    overall); the USD writer's time codes use it too."""
+    known = [t for t in times if t is not None]
+    if n > 1 and len(known) == n and known[-1] > known[0]:
+        return (n - 1) / (known[-1] - known[0])
+    return 24.0
 
 
 class _Bin:

@@ -8,7 +8,7 @@ Conventions shared by every decoder and every backend:
 * A field of resolution ``R`` has ``R + 1`` samples per axis, in x, y, z axis order:
   ``field[i, j, k]`` is the sample at ``box.min + (i, j, k) / R * box.size``.
 * The field is positive INSIDE; the surface is its ``level`` set (0 by default).
-* Grid index -> world coordinate is :func:`grid_to_world` and nothing else, both for the
+* Grid index -> world coordinate is :func:`grid_to_world` (``sdk.grid``) and nothing else, both for the
   query points (``sdk.decode``) and for the mesh vertices, on CPU and on GPU.
 
 Backends live in a small registry (:data:`BACKENDS`): ``"cpu"`` (scikit-image, Lewiner) and
@@ -20,57 +20,15 @@ tensor when the kernels are available, else ``cpu``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
 import torch
 import trimesh
 
+from .grid import WorldBox, check_resolution, grid_to_world  # noqa: F401 (re-exported: the box and the mapping)
+
 FieldLike = Union[np.ndarray, torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------------
-# The world box and the index -> world mapping
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WorldBox:
-    """The fixed, cubic world box every frame is decoded in."""
-
-    min: float = -1.01
-    max: float = 1.01
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.min) and math.isfinite(self.max)) or not self.min < self.max:
-            raise ValueError(f"WorldBox needs finite min < max, got min={self.min}, max={self.max}")
-
-    @property
-    def size(self) -> float:
-        return self.max - self.min
-
-
-def grid_to_world(indices, resolution: int, box: WorldBox = WorldBox(), dtype=None):
-    """Grid indices (integer or fractional, any shape) -> world coordinates.
-
-    ``world = indices / resolution * box.size + box.min``, evaluated in float64 in exactly this
-    order, so query points and mesh vertices agree to the last bit. NumPy in -> float64 NumPy out
-    (or ``dtype``); torch in -> torch on the same device, in ``dtype`` (default: the input's
-    floating dtype, float32 for integer input).
-    """
-    _check_resolution(resolution)
-    if isinstance(indices, torch.Tensor):
-        if dtype is None:
-            dtype = indices.dtype if indices.is_floating_point() else torch.float32
-        world = indices.to(torch.float64) / resolution * box.size + box.min
-        return world.to(dtype)
-    world = np.asarray(indices, dtype=np.float64) / resolution * box.size + box.min
-    return world if dtype is None else world.astype(dtype)
-
-
-def _check_resolution(resolution: int) -> None:
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
-        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +93,7 @@ BACKENDS: dict[str, Backend] = {"cpu": _cpu_backend, "cuda": _cuda_backend}
 
 
 def register_backend(name: str, backend: Backend) -> None:
-    """Install (or replace) a backend, e.g. the CUDA kernel once it exists.
+    """Install (or replace) a backend.
 
     A backend must follow :func:`grid_to_world` for its vertices and return outward faces; the
     cleanup (duplicate merge, non-finite drop) in :func:`marching_cubes` is applied on top.

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .atomic import atomic_directory, written_by_us
+from .gltf import sample_rate
 
 MESH_FORMATS = ("glb", "obj", "ply")
 SEQUENCE_FORMATS = ("usda", "usdc")
@@ -176,7 +177,7 @@ def write_usd_sequence(meshes: Sequence, path: Path, frame_times: Sequence[float
     UsdGeom.SetStageMetersPerUnit(stage, 1.0)
     stage.SetStartTimeCode(0)
     stage.SetEndTimeCode(max(len(meshes) - 1, 0))
-    fps = _sample_rate(frame_times, len(meshes))
+    fps = sample_rate(frame_times, len(meshes))
     stage.SetTimeCodesPerSecond(fps)
     stage.SetFramesPerSecond(fps)
     root = UsdGeom.Xform.Define(stage, "/Sculpt4D")
@@ -195,13 +196,6 @@ def write_usd_sequence(meshes: Sequence, path: Path, frame_times: Sequence[float
         hi = verts.max(0) if len(verts) else np.zeros(3, np.float32)
         extent.Set(Vt.Vec3fArray([Gf.Vec3f(*map(float, lo)), Gf.Vec3f(*map(float, hi))]), i)
     stage.GetRootLayer().Save()
-
-
-def _sample_rate(times: Sequence[float | None], n: int) -> float:
-    known = [t for t in times if t is not None]
-    if n > 1 and len(known) == n and known[-1] > known[0]:
-        return (n - 1) / (known[-1] - known[0])
-    return 24.0
 
 
 def _versions() -> dict[str, str]:

@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .mcubes import WorldBox
+from .grid import WorldBox
 
 DEFAULT_THRESHOLD = 0.01
 DEFAULT_POINTS = 50_000

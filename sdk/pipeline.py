@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig
+from .checkpoint import (DEFAULT_MODEL, TINY_RANDOM, default_model_path,  # noqa: F401 (re-exported)
+                         resolve_model_path, tiny_random_models)
+from .config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig  # noqa: F401 (re-exported)
 from .progress import ProgressReporter, make_reporter
 from .runtimes import (BackendError, OnnxRuntime, TensorRTRuntime, TorchRuntime, is_engine_directory,
                        is_export_directory)
@@ -29,26 +31,8 @@ from .settings import (BACKENDS, DECODE_METHODS, MAX_RESOLUTION, SEED_RANGE,  # 
                        GeneratorError, RunSettings, check_run_settings)
 from .sparse.attention import backends_used
 
-TINY_RANDOM = "tiny-random"
-DEFAULT_MODEL = "default"  # the embedded demo model, see Generator.default()
 # Run settings when neither the caller nor the model's own "defaults" metadata give one.
 RUN_DEFAULTS = {"num_frames": 16, "steps": 50, "guidance": 5.0, "resolution": 256, "matting": "auto"}
-
-
-def default_model_path() -> Path:
-    """Where the embedded demo checkpoint lives inside the installed package."""
-    return Path(__file__).resolve().parent / "weights" / "demo"
-
-
-def resolve_model_path(path: str | os.PathLike) -> str | os.PathLike:
-    """``"default"`` -> the embedded demo checkpoint's directory; anything else unchanged."""
-    if str(path) != DEFAULT_MODEL:
-        return path
-    root = default_model_path()
-    if not (root / "sculpt4d.json").is_file():
-        raise GeneratorError(f"the embedded demo model is missing from this installation ({root}); "
-                             "reinstall the package or train it with examples/train_demo/train.py all")
-    return root
 
 
 class Generator:
@@ -163,13 +147,7 @@ class Generator:
     def tiny_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "Generator":
         """A tiny RANDOM-WEIGHT model (same code, small widths) for tests and smoke runs. Its
         meshes are arbitrary blobs, not reconstructions."""
-        from .models import ImageConditioner, Sculpt4DDiT, ShapeVAE
-
-        torch.manual_seed(seed)
-        dit, vae, cond = Sculpt4DDiT(DiTConfig.tiny()), ShapeVAE(VAEConfig.tiny()), ImageConditioner(ConditionerConfig.tiny())
-        with torch.no_grad():
-            for block in dit.blocks:  # exercise the temporal path (it starts at zero)
-                torch.nn.init.normal_(block.temporal_attn.out_proj.weight, std=0.02)
+        dit, vae, cond = tiny_random_models(seed)
         return cls.from_modules(dit, vae, cond, device=device, dtype=torch.float32,
                                 model_info={"name": TINY_RANDOM, "seed": seed,
                                             "note": "random weights: output is not meaningful"})
@@ -185,7 +163,8 @@ class Generator:
         """Video (file, frame directory, or list of frames) -> ``MeshSequence``. Settings left as
         ``None`` come from :attr:`defaults`."""
         from .meshseq import MeshSequence
-        from .video import load_frames, prepare_sequence
+        from .conditioning import prepare_sequence
+        from .frames import load_frames
 
         run = RunSettings(num_frames, steps, guidance, resolution, matting, seed, decode, noise, start,
                           end).resolved(self.defaults)

@@ -3,7 +3,7 @@ sampled frame, at the clip's frame rate.
 
 Left: the conditioning image (what the model saw), right: the mesh rendered by
 ``sdk.data.render`` from the contact sheet's fixed camera, on white. H.264 / yuv420p through
-``sdk.video.write_video`` (PyAV). The frame rate is the sampled clip's (``sdk.gltf.clip_fps``:
+``sdk.frames.write_video`` (PyAV). The frame rate is the sampled clip's (``sdk.gltf.clip_fps``:
 from the frame times, 24 fps when they are unknown). Without conditioning images (or with a
 different number of them) the video shows the renders only.
 """
@@ -42,7 +42,7 @@ def write_preview(meshes: Sequence, path: str | os.PathLike, images: Sequence[np
                   frame_times: Sequence[float | None] = (), tile: int = PREVIEW_TILE, crf: int = 18) -> Path:
     """Render and encode ``preview.mp4``; returns the path."""
     from .gltf import clip_fps
-    from .video import write_video
+    from .frames import write_video
 
     if not len(meshes):
         raise ValueError("a preview needs at least one frame")

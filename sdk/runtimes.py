@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,15 @@ import numpy as np
 import torch
 
 from .config import ConditionerConfig, DiTConfig, VAEConfig, dit_config_from_dict, simple_config_from_dict
+# The manifests and their checks are the deployment contract's; re-exported here for callers of
+# the names' old home.
+from .contract import (CONDITIONER, DIT, ENGINE_FORMAT, ENGINE_MANIFEST, ENGINE_PARTS,  # noqa: F401
+                       EXPORT_FORMAT, EXPORT_MANIFEST, PART_NAMES, VAE_DECODER, VAE_QUERY, BackendError,
+                       check_engine_entry, check_engine_manifest, engine_file_problem, file_sha256,
+                       is_engine_directory, is_export_directory, read_engine_manifest, read_export_manifest)
 from .extras import MissingExtraError, require
+from .kernels.native import find_plugin_library, gpu_description  # noqa: F401 (re-exported)
 from .models.conditioner import prepare_images
-
-EXPORT_MANIFEST = "export.json"  # written by export.onnx
-EXPORT_FORMAT = "sculpt4d-onnx"
-
-
-class BackendError(ValueError):
-    """A runtime cannot be built or cannot run the request."""
-
 
 class TorchRuntime:
     name = "torch"
@@ -73,7 +71,7 @@ class OnnxQueryFn:
 
     def __call__(self, xyz: torch.Tensor) -> torch.Tensor:
         points = xyz.detach().cpu().numpy().astype(self.dtype)[None]
-        field = self.session.run(None, {"key": self.key, "value": self.value, "xyz": points})[0]
+        field = self.session.run(None, VAE_QUERY.feed(self.key, self.value, points))[0]
         return torch.from_numpy(field[0].astype(np.float32)).to(xyz.device)
 
 
@@ -110,7 +108,7 @@ class OnnxRuntime:
                 self.sessions[part] = ort.InferenceSession(str(self.directory / fname), options, providers=providers)
             except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile)
                 raise BackendError(f"ONNX Runtime cannot load {self.directory / fname}: {exc}") from None
-        missing = {"dit", "vae_decoder", "vae_query", "conditioner"} - set(self.sessions)
+        missing = set(PART_NAMES) - set(self.sessions)
         if missing:
             raise BackendError(f"{self.directory}: export lacks {sorted(missing)}; re-run s4d-export onnx")
 
@@ -119,198 +117,24 @@ class OnnxRuntime:
 
     def condition(self, images: torch.Tensor) -> torch.Tensor:
         prepared = prepare_images(images.float(), self.conditioner_config.image_size)
-        tokens = self.sessions["conditioner"].run(None, {"images": self._np(prepared)})[0]
+        tokens = self.sessions[CONDITIONER.name].run(None, CONDITIONER.feed(self._np(prepared)))[0]
         return torch.from_numpy(tokens.astype(np.float32))
 
     def velocity(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         if latents.shape[1] != self.fixed_frames:
             raise BackendError(f"{self.directory} was exported for {self.fixed_frames} frames, not {latents.shape[1]}; "
                                 f"run: s4d-export onnx CHECKPOINT -o DIR --frames {latents.shape[1]}")
-        out = self.sessions["dit"].run(None, {"latents": self._np(latents), "t": self._np(t),
-                                              "context": self._np(context)})[0]
+        out = self.sessions[DIT.name].run(None, DIT.feed(self._np(latents), self._np(t), self._np(context)))[0]
         return torch.from_numpy(out.astype(np.float32))
 
     def frame_query_fn(self, latents: torch.Tensor) -> OnnxQueryFn:
-        key, value = self.sessions["vae_decoder"].run(None, {"latents": self._np(latents)})
-        return OnnxQueryFn(self.sessions["vae_query"], key, value, self.np_dtype)
-
-
-def read_export_manifest(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / EXPORT_MANIFEST
-    if not path.is_file():
-        raise BackendError(f"{directory} is not an ONNX export directory (no {EXPORT_MANIFEST}); create one with "
-                            "s4d-export onnx CHECKPOINT -o DIR --frames N")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BackendError(f"{path}: unreadable export manifest: {exc}") from None
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise BackendError(f"{path}: not a Sculpt4D ONNX export (format={manifest.get('format')!r})")
-    return manifest
-
-
-def is_export_directory(path: str | os.PathLike) -> bool:
-    return (Path(path) / EXPORT_MANIFEST).is_file()
+        key, value = self.sessions[VAE_DECODER.name].run(None, VAE_DECODER.feed(self._np(latents)))
+        return OnnxQueryFn(self.sessions[VAE_QUERY.name], key, value, self.np_dtype)
 
 
 # ======================================================================================
 # TensorRT engines (s4d-export build)
 # ======================================================================================
-
-ENGINE_MANIFEST = "manifest.json"  # written by export.builder
-ENGINE_FORMAT = "sculpt4d-engines"
-
-
-ENGINE_PARTS = ("dit", "vae_decoder", "vae_query", "conditioner")
-# Manifest entry fields: (allowed types, required). ``None`` in the types allows null.
-_ENTRY_SCHEMA: dict[str, tuple[tuple, bool]] = {
-    "part": ((str,), True), "model_hash": ((str,), True), "precision": ((str,), True),
-    "flavour": ((str,), True), "tensorrt_version": ((str,), True), "target": ((str,), True),
-    "frames": ((int, None), True), "plugin_loaded": ((bool, None), True), "bytes": ((int,), True),
-    "built_at": ((str,), True), "build_seconds": ((int, float), True), "sha256": ((str,), False),
-    "plugin_layers": ((int,), False), "plugin_path": ((str, None), False), "configs": ((dict,), False),
-    "block_sparse_node": ((dict, None), False), "tokens_per_frame": ((int, None), False),
-}
-
-
-def check_engine_manifest(data: Any, path: str | os.PathLike) -> dict[str, Any]:
-    """Validate the shape of an engine ``manifest.json`` (``s4d-export build``); returns it, or
-    raises ``BackendError`` naming the file, the entry and what was expected. The one schema
-    check behind the builder, ``s4d-export inspect`` and the TensorRT runtime."""
-    def fail(what: str) -> None:
-        raise BackendError(f"{path}: malformed engine manifest: {what}; delete it (and the engines) and rebuild "
-                           "with s4d-export build")
-
-    if not isinstance(data, dict):
-        fail(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("format") != ENGINE_FORMAT:
-        fail(f"format is {data.get('format')!r}, expected {ENGINE_FORMAT!r}")
-    engines = data.get("engines")
-    if not isinstance(engines, dict):
-        fail(f"'engines' must be an object of name -> entry, got {type(engines).__name__}")
-    for name, entry in engines.items():
-        if not isinstance(entry, dict):
-            fail(f"entry {name!r} must be an object, got {type(entry).__name__}")
-        for key, (types, required) in _ENTRY_SCHEMA.items():
-            if key not in entry:
-                if required:
-                    fail(f"entry {name!r} lacks {key!r}")
-                continue
-            value = entry[key]
-            ok = (value is None and None in types) or any(
-                t is not None and isinstance(value, t) and not (isinstance(value, bool) and t in (int, float))
-                for t in types)
-            if not ok:
-                expected = " or ".join("null" if t is None else t.__name__ for t in types)
-                fail(f"entry {name!r}: {key!r} must be {expected}, got {value!r}")
-        part, frames = entry["part"], entry["frames"]
-        if part not in ENGINE_PARTS:
-            fail(f"entry {name!r}: unknown part {part!r} (expected one of {', '.join(ENGINE_PARTS)})")
-        if (part == "dit") != (frames is not None) or (frames is not None and frames < 1):
-            fail(f"entry {name!r}: frames must be a positive integer for the DiT and null otherwise, got {frames!r}")
-        expected_name = f"dit_t{frames}.engine" if part == "dit" else f"{part}.engine"
-        if name != expected_name:
-            fail(f"entry {name!r} of part {part!r} must be named {expected_name!r}")
-        sha = entry.get("sha256")
-        if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-            fail(f"entry {name!r}: sha256 must be 64 lowercase hex digits")
-    return data
-
-
-def read_engine_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """The validated ``manifest.json`` of an engine directory (``BackendError`` if unreadable)."""
-    path = Path(directory) / ENGINE_MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BackendError(f"{path}: unreadable engine manifest ({type(exc).__name__}: {exc}); delete it to "
-                           "rebuild") from None
-    return check_engine_manifest(data, path)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Streaming sha256 of a file (engines can be gigabytes)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def engine_file_problem(entry: dict[str, Any], path: str | os.PathLike, data: bytes | None = None) -> str | None:
-    """Why the engine file at ``path`` does not match its manifest entry (missing, size, sha256),
-    or None when it does. ``data``: the file's bytes when the caller has read them already (the
-    runtime, which deserialises them next), so a GB-sized engine is not read twice."""
-    import hashlib
-
-    path = Path(path)
-    if data is None and not path.is_file():
-        return "engine file missing"
-    if not entry.get("sha256"):
-        return "no sha256 recorded for the engine file (built by an older version)"
-    size = path.stat().st_size if data is None else len(data)
-    if size != entry.get("bytes"):
-        return f"engine file is {size} bytes, the manifest recorded {entry.get('bytes')} (corrupt or replaced)"
-    digest = file_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        return "engine file content does not match its recorded sha256 (corrupt or replaced)"
-    return None
-
-
-def gpu_description() -> str | None:
-    """``"<name> (sm_XY)"`` of the current CUDA device, or None without one. Engines record it
-    when built and the runtime compares it, so both sides use this one function."""
-    try:
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability()
-        return f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
-    except Exception:  # a broken CUDA runtime counts as no GPU
-        return None
-
-
-def is_engine_directory(path: str | os.PathLike) -> bool:
-    manifest = Path(path) / ENGINE_MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == ENGINE_FORMAT
-
-
-def find_plugin_library() -> Path | None:
-    """The BlockSparseAttention TensorRT plugin: ``$S4D_TRT_PLUGIN``, else a CMake build in the
-    repository checkout (``build/plugins_trt/`` as plugins_trt/README.md builds it, or
-    ``plugins_trt/build*``), else a build inside the installed package's copy of the plugin sources
-    (``sdk/_native/plugins_trt/build*``). The builder and the runtime both use this lookup."""
-    env = os.environ.get("S4D_TRT_PLUGIN")
-    if env:
-        return Path(env)
-    sdk_root = Path(__file__).resolve().parent
-    searches = [(sdk_root / "_native", ("plugins_trt/build*/**/libs4d_trt_plugin.so",))]
-    repo = sdk_root.parent
-    if (repo / "plugins_trt").is_dir():  # a source checkout (editable install), not site-packages
-        searches.insert(0, (repo, ("build/**/libs4d_trt_plugin.so", "plugins_trt/build*/**/libs4d_trt_plugin.so")))
-    for root, patterns in searches:
-        for pattern in patterns:
-            for candidate in sorted(root.glob(pattern)):
-                return candidate
-    return None
-
-
-def check_engine_entry(entry: dict[str, Any], name: str, trt_version: str, device: str | None) -> None:
-    """Raise ``BackendError`` if an engine was built for another TensorRT or GPU."""
-    rebuild = f"rebuild with: s4d-export build --frames {entry.get('frames') or 'N'} --target {entry['flavour']}"
-    if entry["tensorrt_version"] != trt_version:
-        raise BackendError(f"{name} was built with {entry['flavour']} {entry['tensorrt_version']}, this process has "
-                           f"{trt_version}; {rebuild}")
-    if entry["flavour"] == "tensorrt" and device is not None and entry["target"] != device:
-        raise BackendError(f"{name} was built for {entry['target']}, this GPU is {device}; {rebuild}")
-
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
                  "INT64": torch.int64}
@@ -353,13 +177,13 @@ class TensorRTRuntime:
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.runtime = self.trt.Runtime(self.logger)
         self._contexts: dict[str, Any] = {}
-        shared = self.entries.get("vae_decoder.engine") or next(iter(self.entries.values()))
+        shared = self.entries.get(VAE_DECODER.engine_name()) or next(iter(self.entries.values()))
         configs = shared["configs"]
         self.dit_config = dit_config_from_dict(configs["dit_config"])
         self.vae_config = simple_config_from_dict(VAEConfig, configs["vae_config"])
         self.conditioner_config = simple_config_from_dict(ConditionerConfig, configs["conditioner_config"])
         self.fixed_frames = None
-        self.frames_available = sorted(e["frames"] for e in self.entries.values() if e["part"] == "dit")
+        self.frames_available = sorted(e["frames"] for e in self.entries.values() if e["part"] == DIT.name)
 
     def _context(self, name: str):
         if name not in self._contexts:
@@ -405,24 +229,24 @@ class TensorRTRuntime:
 
     def condition(self, images: torch.Tensor) -> torch.Tensor:
         prepared = prepare_images(images.float().cuda(), self.conditioner_config.image_size)
-        return self._run("conditioner.engine", {"images": prepared})[0].float()
+        return self._run(CONDITIONER.engine_name(), CONDITIONER.feed(prepared))[0].float()
 
     def velocity(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         frames = latents.shape[1]
-        name = f"dit_t{frames}.engine"
+        name = DIT.engine_name(frames)
         if name not in self.entries:
             raise BackendError(f"no DiT engine for {frames} frames in {self.directory} (have {self.frames_available});"
                                f" build it with: s4d-export build --frames {frames} --engine-dir {self.directory}")
-        return self._run(name, {"latents": latents, "t": t, "context": context})[0].float()
+        return self._run(name, DIT.feed(latents, t, context))[0].float()
 
     def frame_query_fn(self, latents: torch.Tensor):
-        key, value = self._run("vae_decoder.engine", {"latents": latents})
+        key, value = self._run(VAE_DECODER.engine_name(), VAE_DECODER.feed(latents))
         runtime = self
 
         class _Query:
             bytes_per_point = 8192
 
             def __call__(self, xyz: torch.Tensor) -> torch.Tensor:
-                return runtime._run("vae_query.engine", {"key": key, "value": value, "xyz": xyz[None]})[0][0].float()
+                return runtime._run(VAE_QUERY.engine_name(), VAE_QUERY.feed(key, value, xyz[None]))[0][0].float()
 
         return _Query()

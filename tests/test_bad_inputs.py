@@ -35,7 +35,7 @@ from sdk.cli.convert import app as convert_app
 from sdk.cli.evaluate import app as eval_app
 from sdk.pipeline import Generator
 from export.cli import app as export_app
-from test_pipeline import CLI_FAST, write_video
+from conftest import CLI_FAST, write_clip as write_video  # shared helpers
 
 REPO = Path(__file__).resolve().parent.parent
 RNG_SEED = 14

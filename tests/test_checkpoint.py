@@ -106,7 +106,7 @@ def test_missing_and_misshaped_keys_are_listed(tmp_path):
     del sd["blocks.1.attn1.to_q.weight"]
     sd["blocks.2.norm1.weight"] = torch.randn(7)
     torch.save({"model": sd}, tmp_path / "bad.ckpt")
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(CheckpointError, match="does not fit the Sculpt4DDiT model") as err:
         build_dit(load_checkpoint(tmp_path / "bad.ckpt"), temporal=TINY_TEMPORAL)
     msg = str(err.value)
     assert "bad.ckpt" in msg and "1 missing key(s): blocks.1.attn1.to_q.weight" in msg

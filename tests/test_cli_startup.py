@@ -69,7 +69,7 @@ def test_lazy_names_still_work():
     assert sdk.Generator.__name__ == "Generator" and sdk.MeshSequence.__name__ == "MeshSequence"
     assert {"Generator", "DiTConfig", "__version__"} <= set(dir(sdk))
     assert callable(sdk.sparse.block_sparse_attention) and "sculpt4d" in sdk.sparse.PRESETS
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
         sdk.NoSuchThing  # noqa: B018
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_thing'"):
         sdk.sparse.no_such_thing  # noqa: B018

@@ -151,7 +151,7 @@ def test_load_official_names_roundtrip(tiny):
     bad = dict(tiny.state_dict())
     bad[PREFIX + "encoder.layer.0.attention.attention.queryX.weight"] = bad.pop(
         PREFIX + "encoder.layer.0.attention.attention.query.weight")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="queryX"):
         other.load_state_dict(bad, strict=True)
 
 

@@ -300,13 +300,8 @@ def test_c_abi_checks():
 # build machinery
 # ------------------------------------------------------------------------------------------
 @pytest.fixture
-def fresh_loader(monkeypatch, tmp_path):
+def fresh_loader(fresh_cpu_loader, tmp_path):
     """A clean loader state (restored afterwards) with a private cache dir."""
-    monkeypatch.setattr(cpu_mod, "_lib", None)
-    monkeypatch.setattr(cpu_mod, "_reason", None)
-    monkeypatch.setattr(cpu_mod, "_attempted", False)
-    monkeypatch.setattr(cpu_mod, "_log", [])
-    monkeypatch.setenv("S4D_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 
 

@@ -130,7 +130,7 @@ def test_sequence_normalization_uses_one_box():
     assert np.isclose(np.abs(pts).max(0).max(), NORMALIZED_HALF)
     np.testing.assert_allclose((pts.max(0) + pts.min(0)) / 2, 0.0, atol=1e-12)
     np.testing.assert_allclose(norm.invert(norm.apply(frames[1])), frames[1], atol=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="vertices all coincide"):
         sequence_normalization([np.zeros((3, 3))])
 
 

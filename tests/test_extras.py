@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_require_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)
-    with pytest.raises(MissingExtraError) as err:
+    with pytest.raises(MissingExtraError, match=r"needs the \[onnx\] extra") as err:
         require("onnxscript", "ONNX export")
     message = str(err.value)
     assert message.startswith("ONNX export needs the [onnx] extra") and "pip install 'sculpt4d-sdk[onnx]'" in message

@@ -144,7 +144,7 @@ def test_function_body_equals_reference(name, anchor, dtype):
 
 
 def test_onnxruntime_backend_matches_torch(exports, tiny, tmp_path):
-    from test_pipeline import write_video
+    from conftest import write_clip as write_video
 
     video = write_video(tmp_path / "clip.mp4")
     ort_gen = Generator.from_pretrained(exports["fp32"].directory)

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import trimesh
@@ -12,28 +11,7 @@ from typer.testing import CliRunner
 from sdk.cli.convert import app
 from sdk.pipeline import Generator, GeneratorError
 
-FAST = dict(num_frames=4, steps=3, resolution=24)
-CLI_FAST = ["--model", "tiny-random", "--frames", "4", "--steps", "2", "--resolution", "24", "--quiet"]
-
-
-def write_video(path: Path, num_frames: int = 12, size: int = 64, seed: int = 0) -> Path:
-    """A coloured square moving over a grey background, encoded with PyAV."""
-    rng = np.random.default_rng(seed)
-    colour = rng.integers(0, 120, 3)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=12)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(num_frames):
-            img = np.full((size, size, 3), 200, np.uint8)
-            x0 = 8 + i * 2
-            img[20:44, x0:x0 + 20] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
+from conftest import CLI_FAST, FAST, write_clip as write_video  # shared helpers
 
 @pytest.fixture(scope="module")
 def generator():
@@ -141,10 +119,10 @@ def test_convert_cli_unwritable_output(tmp_path):
 
 def test_convert_cli_usage_errors(tmp_path, monkeypatch):
     runner = CliRunner()
-    import sdk.pipeline
+    import sdk.checkpoint
 
     # No --model means the embedded demo model; a broken installation without it is a clear usage error.
-    monkeypatch.setattr(sdk.pipeline, "default_model_path", lambda: tmp_path / "missing")
+    monkeypatch.setattr(sdk.checkpoint, "default_model_path", lambda: tmp_path / "missing")
     res = runner.invoke(app, [str(tmp_path), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "embedded demo model is missing" in res.output
     monkeypatch.undo()

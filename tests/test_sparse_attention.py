@@ -94,14 +94,33 @@ def test_op_gradients_match_reference():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # reference computes in fp32
 
 
-def test_op_is_one_node_under_torch_compile_fake_tensors():
-    from torch._subclasses.fake_tensor import FakeTensorMode
+def test_op_is_one_node_under_torch_compile():
+    """torch.compile traces the attention as ONE s4d::block_sparse_attention node (dynamo
+    propagates fake tensors through the op's fake implementation while tracing), and the
+    compiled function computes what eager does."""
+    p = SparsePattern(2, 2, "sculpt4d", True)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(lambda q, k, v: block_sparse_attention(q, k, v, p, 16), backend=record, fullgraph=True)
+    q, k, v = rand_qkv(2, 2, 16, 16, torch.float32)
+    torch.testing.assert_close(compiled(q, k, v), block_sparse_attention(q, k, v, p, 16))
+    assert len(graphs) == 1
+    calls = [n for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert [str(n.target) for n in calls] == ["s4d.block_sparse_attention"]
+
+
+def test_op_runs_on_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     p = SparsePattern(2, 2, "sculpt4d", True)
     with FakeTensorMode():
         q = torch.empty(1, 2, 64, 16)
         out = block_sparse_attention(q, q, q, p, 16)
-        assert out.shape == q.shape
+    assert isinstance(out, FakeTensor) and out.shape == q.shape
 
 
 def test_input_errors():

@@ -479,7 +479,7 @@ def test_encode_with_sharp_edge_part():
 def test_encode_rejects_wrong_point_count(tiny_vae):
     cfg = tiny_vae.config
     surface = _surface(cfg, batch=1, seed=21)[:, :-1]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the encoder expects"):
         tiny_vae.encode(surface)
 
 

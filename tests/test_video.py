@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from sdk import video
+from sdk import matting as matting_mod
+from sdk.frames import write_video as sdk_write_video
 from sdk.video import (
     BORDER_KEY_THRESHOLD,
     FrameSequence,
@@ -69,19 +70,8 @@ def draw_frames(rng, n=N, w=W, h=H):
 
 
 def write_video(path, frames, codec, rate=FPS, pix_fmt="yuv420p", options=None):
-    with av.open(str(path), "w", options=options or {}) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width = frames[0].shape[1]
-        stream.height = frames[0].shape[0]
-        stream.pix_fmt = pix_fmt
-        if codec == "libx264":
-            stream.options = {"crf": "12"}  # near-lossless: tests measure matting, not x264
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    # crf 12 (libx264): near-lossless, the tests measure matting, not x264
+    return sdk_write_video(frames, path, fps=rate, crf=12, codec=codec, pix_fmt=pix_fmt, options=options)
 
 
 def _writable(codec: str) -> bool:
@@ -510,7 +500,7 @@ def test_rembg_used_when_available(monkeypatch, tmp_path, rng):
     fake = types.ModuleType("rembg")
     fake.new_session, fake.remove = new_session, remove
     monkeypatch.setitem(sys.modules, "rembg", fake)
-    monkeypatch.setattr(video, "_REMBG_SESSIONS", {})
+    monkeypatch.setattr(matting_mod, "_REMBG_SESSIONS", {})
     out, method = remove_background(frames, "auto")
     assert method == "rembg"
     assert calls == {"sessions": 1, "frames": 3}

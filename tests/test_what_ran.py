@@ -23,7 +23,7 @@ from sdk.pipeline import Generator
 from sdk.sparse import SparsePattern, attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pipeline import CLI_FAST, FAST, write_video  # noqa: E402
+from conftest import CLI_FAST, FAST, write_clip as write_video  # noqa: E402 (shared helpers)
 
 needs_kernel = pytest.mark.skipif(not cpu_mod.cpu_kernel_available(),
                                   reason=f"C++ CPU kernel unavailable: {cpu_mod.cpu_kernel_unavailable_reason()}")
@@ -93,15 +93,12 @@ def test_convert_json_says_what_ran(tmp_path):
 
 
 @needs_kernel
-def test_kernel_without_openmp_warns(tmp_path, monkeypatch, fresh_notices, capsys):
+def test_kernel_without_openmp_warns(tmp_path, monkeypatch, fresh_notices, fresh_cpu_loader, capsys):
     """A compiler that rejects -fopenmp: the kernel is built single-threaded and says so once."""
     gxx = shutil.which(os.environ.get("CXX", "g++"))
     wrapper = tmp_path / "no-openmp-c++"
     wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {gxx} "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    for name, value in (("_lib", None), ("_reason", None), ("_attempted", False), ("_log", [])):
-        monkeypatch.setattr(cpu_mod, name, value)
-    monkeypatch.setenv("S4D_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(wrapper))
     assert cpu_mod.cpu_kernel_available() and cpu_mod.cpu_kernel_info()["openmp"] is False
     assert cpu_mod.cpu_kernel_available()

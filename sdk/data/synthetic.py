@@ -384,7 +384,7 @@ def export_sequence(seq: Sequence4D, directory, resolution: int = 128, frames: l
     ground truth for metrics), ``animated_XXXX.ply`` (the one-topology part meshes) and
     ``sequence.json`` (motion, parts); with ``frames``, the video too (``video`` path, default
     ``directory/video.mp4``)."""
-    from ..video import write_video
+    from ..frames import write_video
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -425,7 +425,7 @@ def build_example(seq: Sequence4D, n_uniform: int, n_sharp: int, image_size: int
     import torch
 
     from ..models.conditioner import prepare_images
-    from ..video import prepare_sequence
+    from ..conditioning import prepare_sequence
     from .surface import consistent_surface, sample_surface_points
 
     rng = np.random.default_rng(seed)

@@ -26,10 +26,12 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import torch
+
+from .limits import check_cpu_sizes, check_csr_tensor
+from .native import LazyNative, cache_dir, cpp_ext_dir, native_dir  # noqa: F401 (native_dir, cpp_ext_dir re-exported)
 
 __all__ = [
     "block_sparse_attention_cpu",
@@ -45,14 +47,6 @@ _SOURCE_REL = Path("cpu") / "block_sparse_attention_cpu.cpp"
 _HEADER_REL = Path("include") / "s4d" / "block_sparse_attention.h"
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared"]
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
-_MAX_HEAD_DIM = 256
-_MAX_BLOCK_SIZE = 256
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_reason: str | None = None
-_attempted = False
-_log: list[str] = []
 
 
 class KernelBuildError(RuntimeError):
@@ -63,37 +57,13 @@ class _CompileFailed(KernelBuildError):
     """The compiler ran and rejected the source or the flags."""
 
 
-def native_dir(name: str) -> Path:
-    """A native source tree (``cpp_ext`` or ``plugins_trt``): the copy a wheel / ``pip install .``
-    ships as ``sdk/_native/<name>``, else the checkout's top-level ``<name>`` (editable installs)."""
-    sdk_root = Path(__file__).resolve().parent.parent
-    packaged = sdk_root / "_native" / name
-    if packaged.is_dir():
-        return packaged
-    return sdk_root.parent / name
-
-
-def cpp_ext_dir() -> Path:
-    env = os.environ.get("S4D_CPP_EXT_DIR")
-    if env:
-        return Path(env)
-    return native_dir("cpp_ext")
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("S4D_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "sculpt4d" / "kernels"
-
-
 def _note(msg: str) -> None:
-    _log.append(msg)
+    LOADER.note(msg)
 
 
 def build_log() -> str:
     """What the last build/load attempt did (commands, compiler output, errors)."""
-    return "\n".join(_log)
+    return LOADER.log()
 
 
 def _run(cmd: list[str], timeout: float = 300.0) -> subprocess.CompletedProcess:
@@ -229,27 +199,27 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.s4d_bsa_cpu_has_openmp.argtypes = []
 
 
+def _load() -> ctypes.CDLL:
+    path = _build()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise KernelBuildError(f"loading {path} failed: {exc}") from exc
+    _declare(lib)
+    return lib
+
+
+def make_loader() -> LazyNative[ctypes.CDLL]:
+    """A fresh build-once state for the CPU kernel (tests swap one in for ``LOADER``)."""
+    return LazyNative(_load, KernelBuildError, "unexpected error while building the CPU kernel")
+
+
+LOADER = make_loader()
+
+
 def load_cpu_kernel() -> ctypes.CDLL:
     """Build (if needed) and load the library; raises ``KernelBuildError`` with the reason."""
-    global _lib, _reason, _attempted
-    with _lock:
-        if _lib is not None:
-            return _lib
-        if _attempted and _reason is not None:
-            raise KernelBuildError(_reason)
-        _attempted = True
-        try:
-            path = _build()
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError as exc:
-                raise KernelBuildError(f"loading {path} failed: {exc}") from exc
-            _declare(lib)
-        except KernelBuildError as exc:
-            _reason = str(exc)
-            _note("error: " + _reason)
-            raise
-        _lib = lib
+    lib = LOADER.load()
     if not lib.s4d_bsa_cpu_has_openmp():
         from ..notices import warn_once
 
@@ -266,23 +236,12 @@ def _compiler_name() -> str:
 
 def cpu_kernel_available() -> bool:
     """True if the kernel builds and loads here (builds it on the first call)."""
-    try:
-        load_cpu_kernel()
-    except KernelBuildError:
-        return False
-    except Exception as exc:  # never let an odd environment break an import-time check
-        global _reason
-        _reason = f"unexpected error while building the CPU kernel: {exc!r}"
-        _note("error: " + _reason)
-        return False
-    return True
+    return LOADER.available()
 
 
 def cpu_kernel_unavailable_reason() -> str | None:
     """None if the kernel is usable, else why not (compiler missing, build error, ...)."""
-    if cpu_kernel_available():
-        return None
-    return _reason
+    return LOADER.unavailable_reason()
 
 
 def cpu_kernel_info() -> dict:
@@ -290,18 +249,6 @@ def cpu_kernel_info() -> dict:
     lib = load_cpu_kernel()
     return {"isa": lib.s4d_bsa_cpu_isa().decode(), "openmp": bool(lib.s4d_bsa_cpu_has_openmp()),
             "abi_version": lib.s4d_bsa_abi_version(), "path": lib._name}
-
-
-def _check_index_tensor(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of dtype int32, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be a CPU tensor, got device {t.device}")
-    if t.dtype != torch.int32:
-        raise ValueError(f"{name} must have dtype torch.int32, got {t.dtype}")
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    return t.contiguous()
 
 
 def block_sparse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -330,18 +277,13 @@ def block_sparse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         raise ValueError(f"q, k and v must have the same shape [B, H, N, D], got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     B, H, N, D = q.shape
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    if block_size % 8 != 0 or block_size > _MAX_BLOCK_SIZE:
-        raise ValueError(f"block_size must be a multiple of 8 in [8, {_MAX_BLOCK_SIZE}], got {block_size}")
-    if D % 8 != 0 or not 8 <= D <= _MAX_HEAD_DIM:
-        raise ValueError(f"head dim D (last axis of q) must be a multiple of 8 in [8, {_MAX_HEAD_DIM}], got {D}")
+    check_cpu_sizes(D, block_size)
     if N == 0 or N % block_size != 0:
         raise ValueError(f"sequence length N (axis 2 of q) must be a positive multiple of block_size "
                          f"({block_size}), got {N}")
     nb = N // block_size
-    kv_offsets = _check_index_tensor("kv_offsets", kv_offsets)
-    kv_indices = _check_index_tensor("kv_indices", kv_indices)
+    kv_offsets = check_csr_tensor("kv_offsets", kv_offsets, "cpu")
+    kv_indices = check_csr_tensor("kv_indices", kv_indices, "cpu")
     if kv_offsets.numel() != nb + 1:
         raise ValueError(f"kv_offsets must have N / block_size + 1 = {nb + 1} entries, got {kv_offsets.numel()}")
     nnz = int(kv_offsets[-1])

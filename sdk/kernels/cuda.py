@@ -15,8 +15,8 @@ Loading registers ``torch.ops.s4d_cuda.*``:
 The attention kernel needs compute capability >= 8.0 (sm_80 tensor-core instructions); marching
 cubes runs on 7.5 too. Nothing here raises at import. :func:`cuda_kernels_available` says whether
 the ops work here and :func:`cuda_kernels_unavailable_reason` why not; the wrappers raise
-``RuntimeError`` with that reason when called without them. ``sdk.mcubes`` keeps its placeholder
-``"cuda"`` backend until :func:`register_mcubes_backend` is called.
+``RuntimeError`` with that reason when called without them. ``sdk.mcubes``'s ``"cuda"`` backend
+is :func:`mcubes_backend`.
 
 Environment:
     S4D_CPP_EXT_DIR            where ``cpp_ext`` lives (default: ``sdk/_native/cpp_ext`` in a wheel
@@ -33,14 +33,14 @@ import math
 import os
 import shlex
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sdk.kernels.cpu import cache_dir, cpp_ext_dir
-from sdk.mcubes import WorldBox
+from ..grid import WorldBox
+from .limits import KERNEL_SIZES, check_csr_tensor, check_cuda_sizes, cuda_kernel_supports  # noqa: F401 (re-exported)
+from .native import LazyNative, cache_dir, cpp_ext_dir
 
 __all__ = [
     "CUDA_SOURCES",
@@ -51,7 +51,6 @@ __all__ = [
     "load_cuda_kernels",
     "marching_cubes_cuda",
     "mcubes_backend",
-    "register_mcubes_backend",
 ]
 
 # Compiled sources (relative to cpp_ext) and every file whose content shapes the build.
@@ -74,22 +73,9 @@ _HASHED = CUDA_SOURCES + (
 _CFLAGS = ["-O3"]
 _CUDA_CFLAGS = ["-O3"]
 
-# Head dims and block sizes with a compiled kernel: mirrors s4d_bsa_cuda_size_supported in
-# cpp_ext/include/s4d/block_sparse_attention_cuda.h (tests/test_cuda_kernels.py proves them equal).
-KERNEL_SIZES = (16, 32, 64, 128)
-
 _MAX_RESOLUTION = 1024
 
-_lock = threading.Lock()
-_loaded = False
-_reason: str | None = None
-_attempted = False
-_log: list[str] = []
-
-
-def kernel_supports(head_dim: int, block_size: int) -> bool:
-    """Whether the CUDA kernel has a compiled variant for this head dim and block size."""
-    return head_dim in KERNEL_SIZES and block_size in KERNEL_SIZES
+kernel_supports = cuda_kernel_supports  # the rule lives in sdk.kernels.limits (with KERNEL_SIZES)
 
 
 class CudaKernelsUnavailable(RuntimeError):
@@ -98,11 +84,7 @@ class CudaKernelsUnavailable(RuntimeError):
 
 def build_log() -> str:
     """What the last availability check / build did."""
-    return "\n".join(_log)
-
-
-def _note(msg: str) -> None:
-    _log.append(msg)
+    return LOADER.log()
 
 
 def _nvcc() -> str | None:
@@ -148,71 +130,56 @@ def _build_name(root: Path) -> tuple[str, list[str]]:
     return f"s4d_cuda_{digest.hexdigest()[:16]}", extra
 
 
+def _load() -> bool:
+    reason = _precheck()
+    if reason is not None:
+        raise CudaKernelsUnavailable(reason)
+    root = cpp_ext_dir()
+    missing = [rel for rel in _HASHED if not (root / rel).is_file()]
+    if missing:
+        raise CudaKernelsUnavailable(f"CUDA kernel sources not found under {root}: {missing} (set $S4D_CPP_EXT_DIR)")
+    name, extra = _build_name(root)
+    build_dir = cache_dir() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    from torch.utils.cpp_extension import load
+
+    LOADER.note(f"building/loading {name} in {build_dir}")
+    load(name=name, sources=[str(root / rel) for rel in CUDA_SOURCES],
+         extra_include_paths=[str(root / "include"), str(root / "cuda")],
+         extra_cflags=list(_CFLAGS), extra_cuda_cflags=list(_CUDA_CFLAGS) + extra,
+         build_directory=str(build_dir), is_python_module=False, verbose=False)
+    if not hasattr(torch.ops.s4d_cuda, "block_sparse_attention_fwd"):
+        raise CudaKernelsUnavailable(f"{name} loaded but registered no s4d_cuda ops")
+    return True
+
+
+def make_loader() -> LazyNative[bool]:
+    """A fresh build-once state for the CUDA kernels (tests swap one in for ``LOADER``)."""
+    # compiler errors, ninja missing and loader errors become the reason
+    return LazyNative(_load, CudaKernelsUnavailable, "building the CUDA kernels failed")
+
+
+LOADER = make_loader()
+
+
 def load_cuda_kernels() -> None:
     """Build (if needed) and load the ops; raises :class:`CudaKernelsUnavailable` with the reason."""
-    global _loaded, _reason, _attempted
-    with _lock:
-        if _loaded:
-            return
-        if _attempted and _reason is not None:
-            raise CudaKernelsUnavailable(_reason)
-        _attempted = True
-        reason = _precheck()
-        if reason is None:
-            try:
-                root = cpp_ext_dir()
-                missing = [rel for rel in _HASHED if not (root / rel).is_file()]
-                if missing:
-                    raise CudaKernelsUnavailable(
-                        f"CUDA kernel sources not found under {root}: {missing} (set $S4D_CPP_EXT_DIR)")
-                name, extra = _build_name(root)
-                build_dir = cache_dir() / name
-                build_dir.mkdir(parents=True, exist_ok=True)
-                from torch.utils.cpp_extension import load
-
-                _note(f"building/loading {name} in {build_dir}")
-                load(name=name, sources=[str(root / rel) for rel in CUDA_SOURCES],
-                     extra_include_paths=[str(root / "include"), str(root / "cuda")],
-                     extra_cflags=list(_CFLAGS), extra_cuda_cflags=list(_CUDA_CFLAGS) + extra,
-                     build_directory=str(build_dir), is_python_module=False, verbose=False)
-                if not hasattr(torch.ops.s4d_cuda, "block_sparse_attention_fwd"):
-                    raise CudaKernelsUnavailable(f"{name} loaded but registered no s4d_cuda ops")
-            except CudaKernelsUnavailable as exc:
-                reason = str(exc)
-            except Exception as exc:  # compiler errors, ninja missing, loader errors
-                reason = f"building the CUDA kernels failed: {exc}"
-        if reason is not None:
-            _reason = reason
-            _note("unavailable: " + reason)
-            raise CudaKernelsUnavailable(reason)
-        _loaded = True
-        _note("loaded")
+    LOADER.load()
 
 
 def cuda_kernels_available() -> bool:
     """True if the CUDA ops work here (builds them on the first call where a build can work)."""
-    try:
-        load_cuda_kernels()
-    except CudaKernelsUnavailable:
-        return False
-    except Exception as exc:  # never let an odd environment escape an availability check
-        global _reason
-        _reason = f"unexpected error while loading the CUDA kernels: {exc!r}"
-        _note(_reason)
-        return False
-    return True
+    return LOADER.available()
 
 
 def cuda_kernels_unavailable_reason() -> str | None:
     """None if the CUDA kernels are usable, else why not."""
-    if cuda_kernels_available():
-        return None
-    return _reason
+    return LOADER.unavailable_reason()
 
 
 def _require() -> None:
     if not cuda_kernels_available():
-        raise CudaKernelsUnavailable(f"CUDA kernels unavailable: {_reason}")
+        raise CudaKernelsUnavailable(f"CUDA kernels unavailable: {LOADER.reason}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,14 +214,9 @@ def block_sparse_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k and v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size not in KERNEL_SIZES:
-        raise ValueError(f"block_size must be one of {KERNEL_SIZES}, got {block_size!r}")
-    D = q.shape[-1]
-    if D not in KERNEL_SIZES:
-        raise ValueError(f"head dim D must be one of {KERNEL_SIZES}, got {D}")
-    for name, t in (("kv_offsets", kv_offsets), ("kv_indices", kv_indices)):
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1:
-            raise ValueError(f"{name} must be a 1-D torch.int32 tensor")
+    check_cuda_sizes(q.shape[-1], block_size)
+    kv_offsets = check_csr_tensor("kv_offsets", kv_offsets)  # CPU or the same GPU
+    kv_indices = check_csr_tensor("kv_indices", kv_indices)
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
@@ -317,10 +279,3 @@ def mcubes_backend(field, level: float, box: WorldBox) -> tuple[np.ndarray, np.n
     """An :data:`sdk.mcubes.BACKENDS` entry: (vertices float64, faces int64) as NumPy arrays."""
     vertices, faces = marching_cubes_cuda(field, level, box)
     return vertices.cpu().numpy(), faces.cpu().numpy()
-
-
-def register_mcubes_backend(name: str = "cuda") -> None:
-    """Install :func:`mcubes_backend` as ``sdk.mcubes`` backend ``name`` (replacing the placeholder)."""
-    from sdk.mcubes import register_backend
-
-    register_backend(name, mcubes_backend)

@@ -20,13 +20,16 @@ The temporal attention splits heads exactly like the spatial one (the Hunyuan3D
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DiTConfig
+from ..config import DiTConfig, TemporalConfig
 from ..sparse import SparsePattern, block_sparse_attention
 from .rope import apply_rope, frame_rope_tables
 
@@ -339,6 +342,30 @@ class Sculpt4DDiT(nn.Module):
         for m in self.modules():
             if isinstance(m, MoEFeedForward):
                 m.impl = impl
+
+    @contextlib.contextmanager
+    def export_mode(self, temporal: TemporalConfig | None = None) -> Iterator["Sculpt4DDiT"]:
+        """Settings for tracing / ONNX export, restored on exit: ``temporal`` (schedule, anchor,
+        block size) in place of the model's own, and the dense MoE (no data-dependent dispatch,
+        which a traced graph cannot hold)."""
+        saved_config = self.config
+        attns = [b.temporal_attn for b in self.blocks if b.has_temporal]
+        saved_temporal = [a.temporal for a in attns]
+        moes = [m for m in self.modules() if isinstance(m, MoEFeedForward)]
+        saved_impl = [m.impl for m in moes]
+        try:
+            if temporal is not None:
+                self.config = dataclasses.replace(self.config, temporal=temporal)
+                for attn in attns:
+                    attn.temporal = temporal
+            self.set_moe_impl("dense")
+            yield self
+        finally:
+            self.config = saved_config
+            for attn, value in zip(attns, saved_temporal):
+                attn.temporal = value
+            for moe, impl in zip(moes, saved_impl):
+                moe.impl = impl
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self._check_shapes(latents, t, context)

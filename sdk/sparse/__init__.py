@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .pattern import PRESETS, PatternError, SparsePattern, resolve_schedule, schedule_name
+from .pattern import PRESETS, PatternError, SparsePattern, parse_schedule, resolve_schedule, schedule_name
 
 _ATTENTION = ("BACKENDS", "block_sparse_attention", "blocked_block_sparse_attention",
               "reference_block_sparse_attention")
@@ -25,6 +25,7 @@ __all__ = [
     "SparsePattern",
     "block_sparse_attention",
     "blocked_block_sparse_attention",
+    "parse_schedule",
     "reference_block_sparse_attention",
     "resolve_schedule",
     "schedule_name",

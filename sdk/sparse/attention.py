@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..kernels.limits import cuda_kernel_supports
 from .pattern import PatternError, SparsePattern
 
 BACKENDS = ("auto", "reference", "torch", "cpu", "cuda")
@@ -69,21 +70,8 @@ def reference_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.
 
 
 # --------------------------------------------------------------------------------------
-# torch: blocked gather over the CSR lists, O(nnz) memory (padded lists: the ONNX body)
+# torch: blocked gather over the CSR lists, O(nnz) memory
 # --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _padded_lists(pattern: SparsePattern) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR rows padded to the longest row: ``index [R, M]`` (pad = 0) and ``valid [R, M]``."""
-    offsets, indices = pattern.kv_block_lists()
-    counts = (offsets[1:] - offsets[:-1]).long()
-    width = int(counts.max())
-    slot = torch.arange(width)
-    valid = slot[None, :] < counts[:, None]
-    flat = (offsets[:-1].long()[:, None] + slot[None, :]).clamp(max=max(indices.numel() - 1, 0))
-    index = torch.where(valid, indices.long()[flat], torch.zeros((), dtype=torch.long))
-    return index, valid
-
-
 @functools.lru_cache(maxsize=64)
 def _rows_by_count(pattern: SparsePattern) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Query-block rows grouped by their number of key blocks: ``[(rows [g], keys [g, count])]``.
@@ -166,7 +154,7 @@ def _fastest_backend(q: torch.Tensor, block_size: int):
             return _cpu_kernel_attention
         _warn_cpu_fallback()
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
-            and _cuda_kernel_supports(q.shape[-1], block_size)):
+            and cuda_kernel_supports(q.shape[-1], block_size)):
         if _cuda_kernel_ready():
             _used("cuda")
             return _cuda_kernel_attention
@@ -212,12 +200,6 @@ def _warn_cuda_fallback() -> None:
               "block-sparse attention falls back from the CUDA kernel to the torch-blocked path: "
               f"{one_line(cuda_kernels_unavailable_reason())}; fix: a CUDA build of torch with nvcc on PATH "
               "(or $CUDA_HOME), and a GPU of compute capability >= 8.0; details: sdk.kernels.cuda.build_log()")
-
-
-def _cuda_kernel_supports(head_dim: int, block_size: int) -> bool:
-    from ..kernels.cuda import kernel_supports
-
-    return kernel_supports(head_dim, block_size)
 
 
 def _cuda_kernel_ready() -> bool:

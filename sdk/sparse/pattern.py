@@ -57,6 +57,18 @@ def resolve_schedule(schedule: str | tuple[int, ...] | list[int]) -> tuple[int, 
     return tuple(int(s) for s in strides)
 
 
+def parse_schedule(text: str) -> tuple[int, ...]:
+    """A schedule as typed on a command line - a preset name or comma-separated strides
+    (``1,1,2,4``) - as validated strides; ``PatternError`` if it is neither."""
+    if text in PRESETS:
+        return PRESETS[text]
+    try:
+        strides = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise PatternError(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a list of integers") from None
+    return resolve_schedule(strides)
+
+
 def schedule_name(schedule: tuple[int, ...]) -> str | None:
     """The preset name of a stride tuple, if it is one."""
     for name, strides in PRESETS.items():
@@ -128,6 +140,14 @@ class SparsePattern:
 
         return torch.from_numpy(offsets.copy()), torch.from_numpy(indices.copy())
 
+    def padded_kv_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CSR rows padded to the longest row: ``index int64 [R, M]`` (padding 0) and
+        ``valid bool [R, M]`` - a fixed-shape gather, as the ONNX function body bakes it in."""
+        index, valid = _padded_np(self.num_frames, self.blocks_per_frame, self.schedule, self.anchor)
+        import torch
+
+        return torch.from_numpy(index.copy()), torch.from_numpy(valid.copy())
+
     def nnz(self) -> int:
         return int(self._mask_np().sum())
 
@@ -185,3 +205,14 @@ def _csr_np(T: int, G: int, schedule: tuple[int, ...], anchor: bool) -> tuple[np
     offsets.setflags(write=False)
     indices.setflags(write=False)
     return offsets, indices
+
+
+@functools.lru_cache(maxsize=64)
+def _padded_np(T: int, G: int, schedule: tuple[int, ...], anchor: bool) -> tuple[np.ndarray, np.ndarray]:
+    offsets, indices = _csr_np(T, G, schedule, anchor)
+    counts = (offsets[1:] - offsets[:-1]).astype(np.int64)
+    slot = np.arange(int(counts.max()))
+    valid = slot[None, :] < counts[:, None]
+    flat = np.minimum(offsets[:-1].astype(np.int64)[:, None] + slot[None, :], max(indices.size - 1, 0))
+    index = np.where(valid, indices.astype(np.int64)[flat], 0)
+    return index, valid
