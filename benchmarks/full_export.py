@@ -79,13 +79,13 @@ def step_onnx(work: Path, size: str, frames: int, part: str) -> dict:
 
 
 def step_engine(work: Path, size: str, frames: int, part: str) -> dict:
-    from export.builder import _load_plugin, build_part_engine, engine_shapes
+    from export.builder import build_part_engine, load_plugin, engine_shapes
     from export.tensorrt import import_tensorrt
 
     trt, flavour = import_tensorrt("tensorrt-rtx")
     manifest = json.loads((work / "onnx" / part / "export.json").read_text())
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    plugin = _load_plugin(trt, log) if part == "dit" else None
+    plugin = load_plugin(trt, log) if part == "dit" else None
     built, fallback = build_part_engine(trt, flavour, plugin, part, work / "onnx" / part / f"{part}.onnx",
                                         manifest["block_sparse_node"] if part == "dit" else None, "fp16",
                                         engine_shapes(part, manifest["conditioner_config"]["image_size"]), log)

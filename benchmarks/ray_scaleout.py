@@ -1,6 +1,6 @@
 """Clips per minute: ``s4d-convert`` in one process vs ``s4d-convert --ray`` with 1 and 2 actors.
 
-    python benchmarks/ray_scaleout.py                       # the demo model, the six sample clips
+    python benchmarks/ray_scaleout.py                       # the demo model, the five held-out sample clips
     python benchmarks/ray_scaleout.py --model tiny --clips 8
 
 Every run is a fresh ``s4d-convert`` process on the same clips (the shipped samples, repeated
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=list(SETUPS))
     args = parser.parse_args()
     clips = [CLIPS[i % len(CLIPS)] for i in range(args.clips)]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="s4d-ray-bench-") as tmp:
         work = Path(tmp)
         linked = []
@@ -70,7 +71,7 @@ def main() -> None:
             linked.append(link)
         rows = [run(setup, args.model, linked, work) for setup in args.setups]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, model {args.model}, "
-          f"{len(clips)} clips, load average before: {os.getloadavg()[0]:.2f}")
+          f"{len(clips)} clips, 1-minute load average before the runs: {load_before:.2f}")
     print(f"{'setup':<11} {'wall s':>8} {'clips/min':>10} {'mean clip s':>12} {'overhead s':>11} {'ray start s':>12}")
     for r in rows:
         start = f"{r['connect_s']:.1f}" if r["connect_s"] is not None else "-"

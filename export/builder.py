@@ -5,7 +5,7 @@ Layout of an engine directory::
     manifest.json              one entry per engine: what it was built from and for
     dit_t16.engine             one DiT engine per frame count (the CSR lists of that T baked in)
     vae_decoder.engine, vae_query.engine, conditioner.engine   (frame-count independent)
-    onnx/t16/...               the ONNX export each DiT engine came from
+    onnx/dit_t16/...           the ONNX export each DiT engine came from
 
 The cache key of an engine is its manifest entry minus the build bookkeeping (``sdk.contract``:
 ``Part.key_fields``): model hash, part, frames, schedule, anchor, block size, precision, TensorRT
@@ -31,8 +31,8 @@ from sdk.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import PLUGIN_VERSION
 
-from sdk.contract import (DIT, ENGINE_FORMAT, ENGINE_MANIFEST, KEY_FIELDS,  # noqa: F401
-                          PARTS, BackendError, ShapeRange, engine_file_problem, part, read_engine_manifest)
+from sdk.contract import (DIT, ENGINE_FORMAT, ENGINE_MANIFEST, KEY_FIELDS, MAX_IMAGES,  # noqa: F401
+                          MAX_QUERY_POINTS, PARTS, BackendError, ShapeRange, engine_file_problem, part, read_engine_manifest)
 from sdk.kernels.native import find_plugin_library, gpu_description
 
 from .onnx import DTYPES, ExportError, export_onnx, exporter_fingerprint, load_models
@@ -42,6 +42,8 @@ MANIFEST = ENGINE_MANIFEST
 PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 TARGETS = ("tensorrt", "tensorrt-rtx")
 _LOADED_PLUGINS: set[str] = set()  # plugin libraries this process registered
+#: part name -> the source hash its cache key holds (kept for callers of the old name; sdk.contract owns it)
+PART_HASH = {name: spec.hash_key for name, spec in PARTS.items()}
 
 
 @dataclass
@@ -63,7 +65,7 @@ def target_description(flavour: str) -> str:
     return "unknown GPU"
 
 
-def _load_plugin(trt, log: Callable[[str], None]) -> Path | None:
+def load_plugin(trt, log: Callable[[str], None]) -> Path | None:
     lib = find_plugin_library()
     if lib is None:
         log("plugin: libs4d_trt_plugin.so not found (set S4D_TRT_PLUGIN or build plugins_trt/); the "
@@ -142,8 +144,8 @@ def plugin_stale_reason(trt, plugin: Path | None, old: dict[str, Any]) -> str | 
     return None
 
 
-def engine_shapes(part_name: str, image_size: int, max_query_points: int = 1 << 18,
-                  max_images: int = 16) -> dict[str, ShapeRange] | None:
+def engine_shapes(part_name: str, image_size: int, max_query_points: int = MAX_QUERY_POINTS,
+                  max_images: int = MAX_IMAGES) -> dict[str, ShapeRange] | None:
     """The optimisation profile of a part's engine (``sdk.contract.Part.profile``)."""
     return part(part_name).profile(image_size, max_query_points, max_images)
 
@@ -175,7 +177,7 @@ def build_part_engine(trt, flavour: str, plugin: Path | None, name: str, onnx_fi
 def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: str = "fp16",
                   target: str = "tensorrt", engine_dir: str | os.PathLike = "engines",
                   schedule: str | Sequence[int] | None = None, anchor: bool | None = None,
-                  block_size: int | None = None, max_query_points: int = 1 << 18, max_images: int = 16,
+                  block_size: int | None = None, max_query_points: int = MAX_QUERY_POINTS, max_images: int = MAX_IMAGES,
                   log: Callable[[str], None] = print) -> BuildReport:
     """Export (if needed) and build one DiT engine per frame count plus the VAE-decoder, VAE-query
     and conditioner engines, reusing cached engines whose key matches."""
@@ -192,7 +194,7 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out)
     report = BuildReport(out)
-    plugin = _load_plugin(trt, log)
+    plugin = load_plugin(trt, log)
     # in the engine's precision: an fp16 checkpoint's weights are used memory-mapped, not copied
     models = load_models(checkpoint, DTYPES[precision])
     temporal = models.dit.config.temporal

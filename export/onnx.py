@@ -387,14 +387,15 @@ def load_models(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
 
 
 def exporter_fingerprint() -> str:
-    """A hash of the code that shapes exported graphs (exporter, models, sparse pattern), so a
-    change to any of it invalidates cached engines."""
+    """A hash of the code that shapes exported graphs (exporter, deployment contract: names, dims,
+    profiles; models, sparse pattern), so a change to any of it invalidates cached engines."""
     import hashlib
 
     import sdk
 
     root = Path(sdk.__file__).resolve().parent
-    files = sorted([Path(__file__).resolve(), *(root / "models").glob("*.py"), *(root / "sparse").glob("*.py")])
+    files = sorted([Path(__file__).resolve(), root / "contract.py", *(root / "models").glob("*.py"),
+                    *(root / "sparse").glob("*.py")])
     h = hashlib.sha256(sdk.__version__.encode())
     for f in files:
         h.update(f.read_bytes())

@@ -72,7 +72,7 @@ def safe_output_name(stem: str) -> str:
 
 def _classify(raw: str) -> List[Item]:
     """One path argument (or glob match) -> items; raises OSError if a directory cannot be listed."""
-    from .video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, broken_link_reason
+    from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, broken_link_reason
 
     path = Path(raw)
     link = broken_link_reason(path)
@@ -103,7 +103,7 @@ def _classify(raw: str) -> List[Item]:
 def _classify_remote(uri: str) -> List[Item]:
     """An object-store URI: one video, or a prefix whose videos are the items."""
     from .storage import list_remote_videos, uri_stem
-    from .video import VIDEO_EXTENSIONS
+    from .frames import VIDEO_EXTENSIONS
 
     stem = uri_stem(uri) or uri
     videos = list_remote_videos(uri, VIDEO_EXTENSIONS)

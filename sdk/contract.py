@@ -51,9 +51,13 @@ class DynamicDim:
     max: int
 
 
-# Dynamic dims with no explicit profile (the DiT's batch, cond + uncond): min 1, opt 2, max 2.
-DEFAULT_BATCH_PROFILE = (1, 2, 2)
+# The DiT's batch: cond + uncond (1 without classifier-free guidance); its profile is min 1,
+# opt = max 2, the default profile of dynamic dims that have no explicit one.
 DIT_BATCH = DynamicDim("batch", 1, 2)
+DEFAULT_BATCH_PROFILE = (DIT_BATCH.min, DIT_BATCH.max, DIT_BATCH.max)
+# Engine profile defaults: field query points per VAE-query call, images per conditioner call.
+MAX_QUERY_POINTS = 1 << 18
+MAX_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,8 @@ class Part:
         return tuple({axis: dims[dim.name] for axis, dim in self.dynamic[name].items()} if name in self.dynamic
                      else None for name in self.inputs)
 
-    def profile(self, image_size: int, max_query_points: int = 1 << 18,
-                max_images: int = 16) -> dict[str, ShapeRange] | None:
+    def profile(self, image_size: int, max_query_points: int = MAX_QUERY_POINTS,
+                max_images: int = MAX_IMAGES) -> dict[str, ShapeRange] | None:
         """The TensorRT optimisation profile of this part's engine; inputs not named take
         ``DEFAULT_BATCH_PROFILE`` on their dynamic dims."""
         if self.name == "vae_query":

@@ -68,7 +68,7 @@ class ClusterOptions:
 def check_cluster_options(cluster: ClusterOptions, inputs: List[str], model: str) -> None:
     """Raise ``ClusterError`` naming the first unusable option (before Ray starts)."""
     from .extras import require
-    from .video import VIDEO_EXTENSIONS
+    from .frames import VIDEO_EXTENSIONS
 
     if cluster.workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {cluster.workers}")

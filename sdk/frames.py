@@ -475,10 +475,12 @@ def as_frame_list(frames, name: str = "frames") -> list[np.ndarray]:
 
 
 def write_video(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 12, crf: int = 18,
-                codec: str = "libx264", pix_fmt: str = "yuv420p", options: dict[str, str] | None = None) -> Path:
+                codec: str = "libx264", pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
+                container: str | None = "mp4") -> Path:
     """Encode RGB uint8 frames ``[H, W, 3]`` as a video, atomically: by default an H.264 mp4
-    (``crf``: x264's quality, lower is better; yuv420p needs even H and W). The container
-    follows ``path``'s suffix (``.webm``, ``.gif``, ``.mkv``, ... ; mp4 otherwise); ``codec``,
+    whatever ``path``'s suffix (``crf``: x264's quality, lower is better; yuv420p needs even H and
+    W). ``container=None`` follows the suffix (``.webm``, ``.gif``, ``.mkv``, ... ; mp4 otherwise)
+    for codecs those containers take; ``codec``,
     ``pix_fmt`` and the container ``options`` (e.g. ``{"movflags": "faststart"}``) are PyAV's.
     The SDK's one video writer: previews, sample clips and test clips all go through it."""
     import av
@@ -493,7 +495,7 @@ def write_video(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 12
     if odd or any(f.shape[:2] != (h, w) for f in frames):
         raise InputError(f"write_video needs frames of one even size; got {sorted({f.shape[:2] for f in frames})}")
     path = Path(path)
-    container_format = _CONTAINER_FORMATS.get(path.suffix.lower(), "mp4")
+    container_format = container or _CONTAINER_FORMATS.get(path.suffix.lower(), "mp4")
     with atomic_file(path, overwrite=True) as tmp:
         with av.open(str(tmp), "w", format=container_format, options=options or {}) as container:
             stream = container.add_stream(codec, rate=fps, options={"crf": str(crf)} if codec == "libx264" else {})

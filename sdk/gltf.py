@@ -176,7 +176,7 @@ def _pack(gltf: dict, blob: bytes) -> bytes:
 def write_animated_glb(meshes: Sequence, path: str | os.PathLike, frame_times: Sequence[float | None] = (),
                        normals: bool = True) -> Path:
     """Write ``sequence.glb`` (see the module docstring); returns the path."""
-    from . import __version__
+    from .version import __version__
 
     path = Path(path)
     path.write_bytes(build_glb(meshes, frame_times, normals, generator=f"sculpt4d-sdk {__version__}"))

@@ -89,7 +89,7 @@ class MeshSequence:
         adds ``contact_sheet.png`` (a few frames rendered; seconds for million-face meshes);
         ``animated_glb``, ``preview`` and ``viewer`` add ``sequence.glb``, ``preview.mp4`` and
         ``viewer.html`` (``sdk.watchable``)."""
-        formats = _check_formats(formats)
+        formats = check_formats(formats)
         target = Path(directory)
         with atomic_directory(target, overwrite, exists_error=OutputExistsError, owned=written_sequence) as tmp:
             files = []
@@ -137,7 +137,7 @@ def written_sequence(directory: Path) -> str | None:
     return written_by_us(directory, SEQUENCE_MANIFEST, SEQUENCE_FORMAT, lambda m: m["files"])
 
 
-def _check_formats(formats: Sequence[str]) -> list[str]:
+def check_formats(formats: Sequence[str]) -> list[str]:
     out = []
     for fmt in formats:
         fmt = fmt.lower().lstrip(".")
@@ -201,7 +201,7 @@ def write_usd_sequence(meshes: Sequence, path: Path, frame_times: Sequence[float
 def _versions() -> dict[str, str]:
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     versions = {"sculpt4d-sdk": __version__, "python": platform.python_version(), "torch": torch.__version__,
                 "numpy": np.__version__}

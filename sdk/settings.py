@@ -28,7 +28,8 @@ def check_run_settings(num_frames: Any = None, steps: Any = None, guidance: Any 
     steps >= 1, resolution in [8, MAX_RESOLUTION], guidance finite and >= 0, start/end finite
     seconds >= 0 with start < end, seed within torch's range. ``labels`` renames settings in
     messages (e.g. ``{"num_frames": "--frames"}``)."""
-    from .video import MATTING_METHODS, InputError, check_time_window
+    from .frames import InputError, check_time_window
+    from .matting import MATTING_METHODS
 
     labels = labels or {}
 

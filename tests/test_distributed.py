@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_clip
 
 from sdk.batch import Item, OutputOptions, plan_items
 from sdk.cli.convert import optional_value_args
@@ -43,20 +44,10 @@ def statuses(summary: dict) -> dict[str, tuple[str, str | None]]:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """Five short clips of a square moving over grey (a different colour each) and one broken file."""
-    import numpy as np
-
-    from sdk.video import write_video
-
+    """Five short clips (a square moving over grey, a different colour each) and one broken file."""
     root = tmp_path_factory.mktemp("clips")
-    rng = np.random.default_rng(17)
-    for name in "abcde":
-        colour, frames = rng.integers(0, 120, 3), []
-        for i in range(8):
-            frame = np.full((64, 64, 3), 200, np.uint8)
-            frame[20:44, 8 + 2 * i:28 + 2 * i] = colour
-            frames.append(frame)
-        write_video(frames, root / f"{name}.mp4")
+    for seed, name in enumerate("abcde"):
+        write_clip(root / f"{name}.mp4", num_frames=8, seed=seed)
     (root / "broken.mp4").write_bytes(b"this is not a video")
     return root
 

@@ -71,7 +71,8 @@ def draw_frames(rng, n=N, w=W, h=H):
 
 def write_video(path, frames, codec, rate=FPS, pix_fmt="yuv420p", options=None):
     # crf 12 (libx264): near-lossless, the tests measure matting, not x264
-    return sdk_write_video(frames, path, fps=rate, crf=12, codec=codec, pix_fmt=pix_fmt, options=options)
+    return sdk_write_video(frames, path, fps=rate, crf=12, codec=codec, pix_fmt=pix_fmt, options=options,
+                           container=None)
 
 
 def _writable(codec: str) -> bool:

@@ -20,7 +20,7 @@
 //   * Epilogue: O / l is staged through the warp's own (no longer needed) Q rows in shared
 //     memory and written with coalesced 16-byte stores; lse = ln2 * (m + log2 l).
 // The tensor-core path needs sm_80+; sm_90 runs it too (no Hopper-only instructions are used).
-// tests/test_cuda_kernels.py holds a NumPy model of this file's index arithmetic (fragment
+// tests/test_cuda_attention_model.py holds a NumPy model of this file's index arithmetic (fragment
 // layouts, swizzle, tile schedule); keep the two in step.
 #include <cuda_runtime.h>
 

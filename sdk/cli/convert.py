@@ -31,7 +31,7 @@ from ..batch import (RAN_KEYS, Item, OutputOptions, expand_inputs, overlapping_i
                      report_line, safe_output_name)
 from . import run, usage_error
 
-# Only typer at import: --help and usage errors must not pay for torch (sdk.video imports it);
+# Only typer at import: --help and usage errors must not pay for torch (the pipeline imports it);
 # everything heavy is imported inside the functions that do work.
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
@@ -107,10 +107,10 @@ def convert(
 ) -> None:
     from ..atomic import clean_stale_partials
     from ..batch import plan_items, summarize
-    from ..meshseq import _check_formats
+    from ..meshseq import check_formats
     from ..settings import BACKENDS, GeneratorError, RunSettings
     from ..storage import local_path
-    from ..video import MATTING_METHODS
+    from ..matting import MATTING_METHODS
 
     # 1. options, all checked before anything loads
     if skip_existing and overwrite:
@@ -128,7 +128,7 @@ def convert(
     except GeneratorError as exc:
         usage_error(str(exc))
     try:
-        formats = _check_formats(formats)
+        formats = check_formats(formats)
         local_out = local_path(outdir)
     except ValueError as exc:
         usage_error(str(exc))

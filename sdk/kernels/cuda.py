@@ -279,3 +279,11 @@ def mcubes_backend(field, level: float, box: WorldBox) -> tuple[np.ndarray, np.n
     """An :data:`sdk.mcubes.BACKENDS` entry: (vertices float64, faces int64) as NumPy arrays."""
     vertices, faces = marching_cubes_cuda(field, level, box)
     return vertices.cpu().numpy(), faces.cpu().numpy()
+
+
+def __getattr__(name: str):
+    # Removed names: a clear message instead of a bare AttributeError for code written against them.
+    if name == "register_mcubes_backend":
+        raise AttributeError("sdk.kernels.cuda.register_mcubes_backend was removed: sdk.mcubes has the CUDA "
+                             "backend built in (marching_cubes(field, backend='cuda'))")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

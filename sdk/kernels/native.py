@@ -111,7 +111,7 @@ class LazyNative(Generic[T]):
                 self._fail(str(exc))
                 raise
             except Exception as exc:  # compiler errors, loader errors, odd environments
-                self._fail(f"{self._unexpected}: {exc!r}")
+                self._fail(f"{self._unexpected}: {type(exc).__name__}: {exc}")
                 raise self.error(self.reason) from exc
             self.value = value
             self.note("loaded")
