@@ -132,7 +132,7 @@ def plugin_decision(trt, plugin: Path | None, attrs: dict[str, Any] | None, prec
 def plugin_stale_reason(trt, plugin: Path | None, old: dict[str, Any]) -> str | None:
     """A cached DiT engine built from the ONNX body while the loaded plugin now accepts its nodes
     (or the reverse) is stale: the same key, but not what a build would make now."""
-    if old.get("part") != "dit" or "plugin_layers" not in old:
+    if old.get("part") != DIT.name or "plugin_layers" not in old:
         return None
     if old.get("plugin_fallback") and plugin is not None and old.get("plugin_path") == str(plugin):
         return None  # the same library failed to build this graph last time: keep the ONNX-body engine
@@ -260,7 +260,7 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
 
 def _plugin_summary(entry: dict[str, Any]) -> str:
     """How an engine's BlockSparseAttention nodes were built, for ``inspect``."""
-    if entry["part"] != "dit" or entry.get("block_sparse_node") is None:
+    if entry["part"] != DIT.name or entry.get("block_sparse_node") is None:
         return "no BlockSparseAttention node,"
     layers = entry.get("plugin_layers")
     if layers is None:  # manifests written before plugin_layers was recorded
@@ -286,7 +286,7 @@ def describe_engines(engine_dir: str | os.PathLike, problems: list[str] | None =
             problems.append(f"{name}: {problem}")
         lines.append(f"- {name} [{present}] part={e['part']} precision={e['precision']} "
                      f"{e['flavour']} {e['tensorrt_version']} target={e['target']}")
-        if e["part"] == "dit":
+        if e["part"] == DIT.name:
             node = e.get("block_sparse_node") or {}
             lines.append(f"    frames={e['frames']} tokens/frame={e.get('tokens_per_frame')} "
                          f"schedule={node.get('schedule')} anchor={bool(node.get('anchor'))} "

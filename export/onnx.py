@@ -304,29 +304,29 @@ def export_onnx(source: str | os.PathLike | tuple, out_dir: str | os.PathLike, f
             dit.export_mode(temporal):
         gen = torch.Generator().manual_seed(0)
         L, Cc = cond.config.num_tokens, dit.config.context_dim
-        if "dit" in parts:
+        if DIT.name in parts:
             example = (torch.randn(2, frames, P, dit.config.in_channels, generator=gen).to(torch_dtype),
                        torch.rand(2, generator=gen).to(torch_dtype),
                        torch.randn(2, frames, L, Cc, generator=gen).to(torch_dtype))
             node_attrs = _export_part(DIT, prepare(dit), example, tmp, external_data)
-            files["dit"] = out / DIT.onnx_file
+            files[DIT.name] = out / DIT.onnx_file
         vcfg = vae.config
-        if "vae_decoder" in parts:
+        if VAE_DECODER.name in parts:
             lat = torch.randn(1, vcfg.num_latents, vcfg.embed_dim, generator=gen).to(torch_dtype)
             _export_part(VAE_DECODER, prepare(VAEDecoderGraph(vae)), (lat,), tmp, external_data)
-            files["vae_decoder"] = out / VAE_DECODER.onnx_file
-        if "vae_query" in parts:
+            files[VAE_DECODER.name] = out / VAE_DECODER.onnx_file
+        if VAE_QUERY.name in parts:
             with torch.no_grad():
                 kv = vae.geo_decoder.precompute_kv(vae.decode(torch.randn(1, vcfg.num_latents, vcfg.embed_dim)))
             xyz = (torch.rand(1, 4096, 3, generator=gen) * 2 - 1).to(torch_dtype)
             _export_part(VAE_QUERY, prepare(VAEQueryGraph(vae)),
                          (kv.key.to(torch_dtype), kv.value.to(torch_dtype), xyz), tmp, external_data)
-            files["vae_query"] = out / VAE_QUERY.onnx_file
-        if "conditioner" in parts:
+            files[VAE_QUERY.name] = out / VAE_QUERY.onnx_file
+        if CONDITIONER.name in parts:
             size = cond.config.image_size
             images = torch.randn(1, 3, size, size, generator=gen).to(torch_dtype)
             _export_part(CONDITIONER, prepare(cond), (images,), tmp, external_data)
-            files["conditioner"] = out / CONDITIONER.onnx_file
+            files[CONDITIONER.name] = out / CONDITIONER.onnx_file
         manifest = {
             "format": EXPORT_FORMAT, "version": 1, "frames": frames, "dtype": dtype, "opset": OPSET,
             "schedule": list(temporal.schedule), "anchor": temporal.anchor, "block_size": temporal.block_size,
@@ -381,8 +381,8 @@ def load_models(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
                 "layout": ckpt.layout}
         if "defaults" in ckpt.metadata:  # run settings travel with the model into exports and engines
             info["defaults"] = ckpt.metadata["defaults"]
-    for part, model in (("dit", dit), ("vae", vae), ("conditioner", cond)):
-        info[f"{part}_hash"] = state_dict_hash(model.state_dict())
+    for key, model in ((DIT.hash_key, dit), (VAE_DECODER.hash_key, vae), (CONDITIONER.hash_key, cond)):
+        info[key] = state_dict_hash(model.state_dict())
     return LoadedModels(dit, vae, cond, info)
 
 

@@ -172,7 +172,15 @@ EXPORT_MANIFEST = "export.json"  # written by export.onnx
 EXPORT_FORMAT = "sculpt4d-onnx"
 
 
+# What the runtimes read from export.json (the exporter writes these and more): field -> types.
+EXPORT_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (str,), "frames": (int,), "dtype": (str,), "files": (dict,), "dit_config": (dict,),
+    "vae_config": (dict,), "conditioner_config": (dict,)}
+
+
 def read_export_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """``export.json`` of an ONNX export directory, checked against ``EXPORT_FIELDS``; a
+    ``BackendError`` naming the file and the field otherwise."""
     path = Path(directory) / EXPORT_MANIFEST
     if not path.is_file():
         raise BackendError(f"{directory} is not an ONNX export directory (no {EXPORT_MANIFEST}); create one with "
@@ -181,8 +189,17 @@ def read_export_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BackendError(f"{path}: unreadable export manifest: {exc}") from None
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise BackendError(f"{path}: not a Sculpt4D ONNX export (format={manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BackendError(f"{path}: not a Sculpt4D ONNX export (format={found!r})")
+    for key, types in EXPORT_FIELDS.items():
+        if not isinstance(manifest.get(key), types) or isinstance(manifest.get(key), bool):
+            raise BackendError(f"{path}: malformed export manifest: {key!r} must be "
+                               f"{' or '.join(t.__name__ for t in types)}, got {manifest.get(key)!r}; re-export with "
+                               "s4d-export onnx CHECKPOINT -o DIR --frames N")
+    unknown = sorted(set(manifest["files"]) - set(PART_NAMES))
+    if unknown:
+        raise BackendError(f"{path}: malformed export manifest: unknown part(s) {unknown} in 'files'")
     return manifest
 
 

@@ -2,6 +2,7 @@
 the ONNX Runtime backend of Generator, clear export errors, and a TensorRT-RTX build."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ onnx = pytest.importorskip("onnx", reason="the [onnx] extra (onnx, onnxruntime) 
 ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra (onnx, onnxruntime) is not installed")
 
 from export.onnx import ExportError, block_sparse_function, export_onnx, read_attributes  # noqa: E402
+from sdk.contract import EXPORT_FIELDS  # noqa: E402
 from sdk.pipeline import Generator  # noqa: E402
 from sdk.sparse import PRESETS, SparsePattern, reference_block_sparse_attention  # noqa: E402
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, onnx_node_attributes  # noqa: E402
@@ -278,3 +280,25 @@ def test_a_dit_over_2gb_exports_with_external_data_and_builds_with_the_plugin(tm
     assert all(r["exit"] == 0 for r in rows.values()), rows
     assert rows["onnx:dit"]["external_data"] and rows["onnx:dit"]["bytes"] > 2 * 1024 ** 3
     assert rows["engine:dit"]["plugin_layers"] == 7
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("dit_config"), "'dit_config' must be dict, got None"),
+    (lambda m: m.update(frames="4"), "'frames' must be int, got '4'"),
+    (lambda m: m["files"].update(extra="x.onnx"), "unknown part(s) ['extra'] in 'files'"),
+])
+def test_malformed_export_manifest_is_refused_with_the_field(exports, tmp_path, change, message):
+    """What the runtimes read from export.json is checked in one place (sdk.contract), so a
+    hand-edited or truncated manifest is a clear error, not a KeyError from deep inside."""
+    import shutil
+
+    from sdk.pipeline import GeneratorError
+
+    copy = tmp_path / "export"
+    shutil.copytree(exports["fp32"].directory, copy)
+    manifest = json.loads((copy / "export.json").read_text())
+    assert set(manifest) >= set(EXPORT_FIELDS)  # the exporter writes what the runtimes read
+    change(manifest)
+    (copy / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(GeneratorError, match=re.escape(message)):
+        Generator.from_pretrained(copy)
