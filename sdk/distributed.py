@@ -93,7 +93,8 @@ def check_cluster_options(cluster: ClusterOptions, inputs: List[str], model: str
 
 
 def _connect(address: str):
-    """``ray.init`` for ``address``; returns (ray, whether we started a local cluster)."""
+    """``ray.init`` for ``address``; returns (ray, the address joined, or None for a local cluster
+    started here)."""
     import logging
 
     import ray
@@ -107,7 +108,7 @@ def _connect(address: str):
         ray.init(address=target or None, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {target}: {exc}") from None
-    return ray, started_here
+    return ray, target or None
 
 
 def _quiet_ray_logs() -> None:
@@ -216,15 +217,14 @@ def convert_on_ray(items: List[Item], model: str, backend: str, device: str | No
     # --json: while Ray runs, stdout is stderr.
     with contextlib.redirect_stdout(sys.stderr):
         t0 = time.perf_counter()
-        ray, started_here = _connect(cluster.address)
+        ray, joined = _connect(cluster.address)
         connect_s = time.perf_counter() - t0
         try:
             available = ray.cluster_resources()
             gpus = _gpus_per_worker(cluster, device, available)
             _check_fit(ray, cluster, gpus, device)
-            address = os.environ.get("RAY_ADDRESS") if cluster.address == LOCAL else cluster.address
             info: dict[str, Any] = {
-                "address": "local" if started_here else address, "workers": cluster.workers,
+                "address": joined or "local", "workers": cluster.workers,
                 "gpus_per_worker": gpus, "cpus_per_worker": cluster.cpus_per_worker, "retries": cluster.retries,
                 "cluster_resources": {k: available[k] for k in ("CPU", "GPU") if k in available},
                 "connect_s": round(connect_s, 3)}

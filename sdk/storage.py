@@ -81,16 +81,6 @@ class Remote:
     def info(self):
         return self.fs.get_file_info(self.path)
 
-    def exists(self) -> bool:
-        from pyarrow.fs import FileType
-
-        return self.info().type != FileType.NotFound
-
-    def is_dir(self) -> bool:
-        from pyarrow.fs import FileType
-
-        return self.info().type == FileType.Directory
-
     def list_files(self) -> list[str]:
         """Relative paths of every file below this directory ([] if it does not exist)."""
         from pyarrow.fs import FileSelector, FileType
@@ -137,9 +127,11 @@ def _listed(target: Remote, name: str, tag: str) -> set[str] | None:
 
 def _inspect(target: Remote) -> tuple[str, str | None, list[str]]:
     """(state, why not ours, the files present); see ``remote_output_state``."""
+    from pyarrow.fs import FileType
+
     files = target.list_files()
     if not files:
-        if target.exists() and not target.is_dir():
+        if target.info().type not in (FileType.NotFound, FileType.Directory):
             return "foreign", f"{target.uri} exists and is not a directory", files
         return "absent", None, files
     # The marker first: while it is there the directory is an unfinished upload of ours, whatever
