@@ -147,6 +147,34 @@ def test_temporal_jitter_smooth_below_jittery(seed):
     assert len(temporal_jitter(moving_spheres(0.0, rng, 5), n_points=500, per_frame=True)) == 3
 
 
+def test_temporal_jitter_dense_targets_lower_the_floor_not_the_signal(seed):
+    """``target_points``: queries against a dense cloud of the other frame. The static floor
+    falls to about 0.5 * sqrt(area / target_points), a real round trip still scores the same."""
+    area = 4 * np.pi * 0.4 ** 2
+    static = [sphere(0.4)] * 5
+    plain = temporal_jitter(static, n_points=2000, seed=seed)
+    dense = temporal_jitter(static, n_points=2000, seed=seed, target_points=50_000)
+    assert 0 < dense < plain / 2.5, (seed, plain, dense)
+    assert dense < 2 * 0.5 * np.sqrt(area / 50_000), (seed, dense)
+    rng = np.random.default_rng(seed)
+    jittery = moving_spheres(0.04, rng)
+    reference = temporal_jitter(jittery, n_points=40_000, seed=seed)  # plain method, floor ~0.002
+    measured = temporal_jitter(jittery, n_points=2000, seed=seed, target_points=50_000)
+    assert abs(measured - reference) < 0.15 * reference, (seed, reference, measured)
+    smooth = temporal_jitter(moving_spheres(0.0, rng), n_points=2000, seed=seed, target_points=50_000)
+    assert smooth < 0.1 * measured, (seed, smooth, measured)
+    # Point arrays are their own targets: the same numbers as the plain method.
+    clouds = [sample_surface(m, 800, seed + i) for i, m in enumerate(jittery)]
+    assert temporal_jitter(clouds, per_frame=True, target_points=10_000) == temporal_jitter(clouds, per_frame=True)
+
+
+def test_evaluate_sequence_can_leave_jitter_out(seed):
+    gt = moving_spheres(0.0, np.random.default_rng(seed), n=3)
+    report = evaluate_sequence(gt, gt, n_points=2000, seed=seed, iou_resolution=16, jitter_points=0)
+    assert np.isnan(report["jitter"]["pred"]) and np.isnan(report["jitter"]["gt"])
+    assert report["mean"]["chamfer"] < 0.02
+
+
 def test_evaluate_sequence_register_and_keys(seed):
     rng = np.random.default_rng(seed)
     gt = [lopsided() for _ in range(3)]

@@ -5,7 +5,9 @@
     python examples/train_demo/train.py vae          # ShapeVAE on occupancy
     python examples/train_demo/train.py latents      # shared-noise encodings of every sequence
     python examples/train_demo/train.py dit          # 4D DiT + image encoder, sculpt4d schedule
+    python examples/train_demo/train.py more         # continue on every train sequence, validated
     python examples/train_demo/train.py package      # fp16 safetensors into sdk/weights/demo
+    python examples/train_demo/train.py from-package --source DIR   # first-run results from weights
 
 Every stage is seeded, writes into ``--work`` (default ``examples/train_demo/work``), saves a
 resumable checkpoint as it goes and is skipped when its output exists. The models are the
@@ -41,14 +43,19 @@ SAMPLES_DIR = ROOT / "examples" / "data"
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that decides the result. Seeds of the three splits never overlap."""
+    """Everything that decides the result. Seeds of the four splits (train, validation, heldout,
+    samples) never overlap."""
 
     frames: int = 16
-    train_sequences: int = 120
-    heldout_sequences: int = 10
+    train_sequences: int = 480
+    validation_sequences: int = 10  # every training decision is judged here (2 per motion)
+    heldout_sequences: int = 20  # touched only for the final table (4 per motion)
     sample_videos: int = 5
     train_seed: int = 0
-    heldout_seed: int = 100_000
+    # The first run's held-out seeds (100_000..) informed a training decision (the VAE extension),
+    # so they are the validation split now and the held-out split is a fresh, untouched range.
+    validation_seed: int = 100_000
+    heldout_seed: int = 300_000
     sample_seed: int = 200_000
     # VAE
     vae_steps: int = 4500
@@ -66,9 +73,19 @@ class Recipe:
     shared_noise: float = 0.75  # share of steps that use one noise tensor for all frames
     short_clips_from: int = 1000  # see _clip_shape
     checkpoint_every: int = 200
+    # Continuation (stage "more"): the first run above saw train sequences [0, first_run_sequences)
+    # only; the continuation resumes from its EMA weights on every train sequence with a new
+    # warm-up + cosine, numbering steps on from dit_steps (so its random draws are new).
+    first_run_sequences: int = 120
+    more_steps: int = 3000
+    more_lr: float = 3e-4
+    more_warmup: int = 100
+    validate_every: int = 250  # flow-matching loss of the EMA weights on the validation split
     # What `Generator.default()` runs with unless told otherwise.
     default_steps: int = 16
-    default_guidance: float = 3.0
+    # Chosen on the validation split (evaluate.py --guidance): after `more`, guidance 3 overshoots
+    # (thin parts vanish); Chamfer 0.1544 at 3, 0.1476 at 2, 0.1460 at 1.5.
+    default_guidance: float = 1.5
     default_resolution: int = 96
 
 
@@ -92,6 +109,8 @@ def split_seeds(split: str) -> list[int]:
     r = RECIPE
     if split == "train":
         return list(range(r.train_seed, r.train_seed + r.train_sequences))
+    if split == "validation":
+        return list(range(r.validation_seed, r.validation_seed + r.validation_sequences))
     if split == "heldout":
         return list(range(r.heldout_seed, r.heldout_seed + r.heldout_sequences))
     return list(range(r.sample_seed, r.sample_seed + r.sample_videos))
@@ -121,10 +140,13 @@ def _make_one(job: tuple[str, int, str]) -> str:
 
 
 @app.command()
-def data(work: Path = Path(__file__).parent / "work", workers: int = 2) -> None:
-    """Generate the synthetic splits (train / heldout / samples)."""
+def data(work: Path = Path(__file__).parent / "work", workers: int = 2,
+         splits: str = "train,validation,heldout") -> None:
+    """Generate the synthetic splits (train / validation / heldout; "samples" rewrites examples/data)."""
     jobs = []
-    for split in ("train", "heldout", "samples"):
+    for split in splits.split(","):
+        if split not in ("train", "validation", "heldout", "samples"):
+            raise typer.BadParameter(f"unknown split {split!r}; expected train, validation, heldout or samples")
         out = work / "data" / split
         out.mkdir(parents=True, exist_ok=True)
         jobs += [(split, s, str(out)) for s in split_seeds(split)]
@@ -135,16 +157,30 @@ def data(work: Path = Path(__file__).parent / "work", workers: int = 2) -> None:
                 log(f"data {i}/{len(jobs)} ({name}) {time.time() - t0:.0f}s")
 
 
-def load_split(work: Path, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    files = sorted((work / "data" / split).glob("*.npz"))
-    if not files:
-        raise SystemExit(f"no {split} data in {work / 'data' / split}; run the 'data' stage first")
+def seed_of(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])  # names are "{motion}_{seed:05d}"
+
+
+def load_split(work: Path, split: str, keys: tuple[str, ...], first: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays of a split in SEED order (names sort by motion first), with their ``seeds``; only
+    the split's own seeds (a stale file from another recipe is an error, not data), and with
+    ``first`` only the first ``first`` seeds."""
+    seeds = split_seeds(split)[:first]
+    files = sorted((work / "data" / split).glob("*.npz"), key=lambda f: seed_of(f.stem))
+    foreign = [f.name for f in files if seed_of(f.stem) not in set(split_seeds(split))]
+    if foreign:
+        raise SystemExit(f"{work / 'data' / split} holds sequences outside this recipe's {split} seeds: "
+                         f"{foreign[:3]}; move them away")
+    files = [f for f in files if seed_of(f.stem) in set(seeds)]
+    if len(files) != len(seeds):
+        raise SystemExit(f"{len(files)} of {len(seeds)} {split} sequences in {work / 'data' / split}; "
+                         "run the 'data' stage first")
     out: dict[str, list] = {k: [] for k in keys}
     for f in files:
         with np.load(f) as z:
             for k in keys:
                 out[k].append(z[k])
-    return {k: np.stack(v) for k, v in out.items()}
+    return {**{k: np.stack(v) for k, v in out.items()}, "seeds": np.array([seed_of(f.stem) for f in files])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +225,7 @@ def vae(work: Path = Path(__file__).parent / "work") -> None:
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log(f"vae: resuming at step {step}")
-    d = load_split(work, "train", ("surface", "queries", "occupancy"))
+    d = load_split(work, "train", ("surface", "queries", "occupancy"), first=r.first_run_sequences)
     surface = torch.from_numpy(d["surface"]).flatten(0, 1)  # [frames, N, 7]
     queries = torch.from_numpy(d["queries"]).flatten(0, 1)
     labels = torch.from_numpy(d["occupancy"]).flatten(0, 1).float()
@@ -257,10 +293,11 @@ def latents(work: Path = Path(__file__).parent / "work") -> None:
     for i, surface in enumerate(d["surface"]):
         lat.append(torch.stack([encode_sequence(vae_model, surface, seed=1000 * i + k)
                                 for k in range(RECIPE.encodings_per_sequence)]))
-    lat = torch.stack(lat)  # [S, K, T, P, C] unscaled
-    scale = float(1.0 / lat.std())
+    lat = torch.stack(lat)  # [S, K, T, P, C] unscaled, in seed order
+    scale = float(1.0 / lat[: RECIPE.first_run_sequences].std())  # the first run's latents set the scale
     log(f"latents: {tuple(lat.shape)}, std {lat.std():.4f} -> scale_factor {scale:.4f}")
-    _save({"latents": lat, "scale_factor": scale, "images": torch.from_numpy(d["images"])}, out)
+    _save({"latents": lat, "scale_factor": scale, "images": torch.from_numpy(d["images"]),
+           "seeds": torch.from_numpy(d["seeds"])}, out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,41 +325,96 @@ def _clip_shape(step: int, T: int) -> tuple[int, int]:
     return ((4, T // 4), (4, T // 4), (2, T // 2), (1, T))[step % 4]
 
 
-@app.command()
-def dit(work: Path = Path(__file__).parent / "work") -> None:
-    """Train the 4D DiT (sculpt4d block-sparse schedule, anchor on) and the image encoder
-    together with flow matching, classifier-free-guidance dropout and an EMA of the weights."""
+def _training_latents(work: Path) -> dict:
+    """``latents.pt``, checked against the recipe: a cache from another recipe would silently
+    train on the wrong sequences."""
+    data_ = torch.load(work / "latents.pt", weights_only=True)
+    expected = split_seeds("train")
+    if "seeds" not in data_ or data_["seeds"].tolist() != expected:
+        raise SystemExit(f"{work / 'latents.pt'} was made for other training sequences than this recipe's "
+                         f"{len(expected)}; delete it and rerun the 'latents' stage")
+    return data_
+
+
+def _dit_and_conditioner():
     from sdk.models import ImageConditioner, Sculpt4DDiT
 
-    r = RECIPE
-    final = work / "dit.pt"
-    if final.exists():
-        log("dit: done already")
-        return
     dit_cfg, _, cond_cfg = configs()
-    torch.manual_seed(r.train_seed + 1)
     model, cond = Sculpt4DDiT(dit_cfg), ImageConditioner(cond_cfg)
-    cond.main_image_encoder.model.requires_grad_(True)
+    cond.main_image_encoder.model.requires_grad_(True)  # trained together with the DiT
+    return model, cond
+
+
+class _EMAWeights:
+    """Swaps the EMA weights into the live parameters for an evaluation, then puts them back."""
+
+    def __init__(self, params: list[torch.Tensor], ema: list[torch.Tensor]):
+        self.params, self.ema = params, ema
+
+    def __enter__(self):
+        self.saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema):
+                p.copy_(e)
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for p, s in zip(self.params, self.saved):
+                p.copy_(s)
+
+
+def validation_set(work: Path, scale_factor: float) -> dict[str, torch.Tensor]:
+    """Scaled latents (one shared-noise encoding each) and conditioning images of the
+    validation split, cached in ``work/validation.pt``."""
+    from sdk.data import encode_sequence
+
+    path = work / "validation.pt"
+    if not path.exists():
+        vae_model = load_vae(work)
+        d = load_split(work, "validation", ("surface", "images"))
+        lat = torch.stack([encode_sequence(vae_model, surface, seed=0) for surface in d["surface"]])
+        _save({"latents": lat, "images": torch.from_numpy(d["images"])}, path)
+    v = torch.load(path, weights_only=True)
+    return {"latents": v["latents"] * scale_factor, "images": v["images"]}
+
+
+VALIDATION_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@torch.no_grad()
+def validation_loss(model, cond, val: dict[str, torch.Tensor]) -> float:
+    """Flow-matching loss on whole 16-frame validation clips at fixed noise levels, with one fixed
+    shared noise tensor per clip and the image context on: the same draw every time, so values
+    taken at different steps compare."""
+    x1, images = val["latents"], val["images"].float()
+    V, T, P, C = x1.shape
+    noise = torch.randn((V, 1, P, C), generator=torch.Generator().manual_seed(0)).expand(V, T, P, C)
+    model.eval()
+    cond.eval()
+    context = cond(images.flatten(0, 1)).view(V, T, -1, cond.config.hidden_size)
+    losses = []
+    for t in VALIDATION_TIMES:
+        tt = torch.full((V,), t)
+        losses.append(F.mse_loss(model(t * x1 + (1 - t) * noise, tt, context), x1 - noise).item())
+    model.train()
+    cond.train()
+    return float(np.mean(losses))
+
+
+def _train_dit(model, cond, ema: list[torch.Tensor], opt, step: int, end: int, lr_at, lat: torch.Tensor,
+               images: torch.Tensor, checkpoint, validate=None) -> None:
+    """The flow-matching loop shared by both DiT stages: steps ``step .. end`` (global numbering:
+    the randomness of step k is derived from the seed and k only), EMA after every step,
+    ``checkpoint(step)`` every ``checkpoint_every`` steps and ``validate(step)`` (when given)
+    every ``validate_every`` steps, before the checkpoint."""
+    r = RECIPE
+    cond_cfg = configs()[2]
     params = list(model.parameters()) + list(cond.parameters())
-    ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=r.dit_lr, weight_decay=0.01)
-    ckpt_path, step = work / "dit_train.pt", 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(state["dit"])
-        cond.load_state_dict(state["cond"])
-        opt.load_state_dict(state["opt"])
-        ema = state["ema"]
-        step = state["step"]
-        log(f"dit: resuming at step {step}")
-    data_ = torch.load(work / "latents.pt", weights_only=True)
-    lat = data_["latents"] * data_["scale_factor"]
-    images = data_["images"]  # [S, T, 3, H, W] fp16, ready for the encoder
     S, K, T = lat.shape[:3]
     model.train()
     cond.train()
-    t0, running = time.time(), []
-    while step < r.dit_steps:
+    t0, running, first = time.time(), [], step
+    while step < end:
         rng = np.random.default_rng([r.train_seed, step])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         batch, frames = _clip_shape(step, T)
@@ -342,7 +434,7 @@ def dit(work: Path = Path(__file__).parent / "work") -> None:
         pred = model(xt, t, context * keep)
         loss = F.mse_loss(pred, x1 - noise)
         for g in opt.param_groups:
-            g["lr"] = _lr(step, r.dit_steps, r.dit_lr, r.warmup)
+            g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -354,11 +446,54 @@ def dit(work: Path = Path(__file__).parent / "work") -> None:
                 e.lerp_(p.detach(), 1 - decay)
         running.append(loss.item())
         if step % 25 == 0:
-            log(f"dit step {step}/{r.dit_steps} loss {np.mean(running):.4f} ({time.time() - t0:.0f}s)")
+            rate = (time.time() - t0) / (step - first)
+            log(f"dit step {step}/{end} loss {np.mean(running):.4f} lr {lr_at(step - 1):.2e} "
+                f"({time.time() - t0:.0f}s, {rate:.2f} s/step)")
             running.clear()
-        if step % r.checkpoint_every == 0 or step == r.dit_steps:
-            _save({"dit": model.state_dict(), "cond": cond.state_dict(), "opt": opt.state_dict(), "ema": ema,
-                   "step": step}, ckpt_path)
+        validated = validate is not None and (step % r.validate_every == 0 or step == end)
+        if validated:
+            validate(step)
+        # Also right after a validation, so a resumed run never has a best snapshot from beyond
+        # its checkpoint (from a trajectory it then abandoned).
+        if validated or step % r.checkpoint_every == 0 or step == end:
+            checkpoint(step)
+
+
+@app.command()
+def dit(work: Path = Path(__file__).parent / "work") -> None:
+    """Train the 4D DiT (sculpt4d block-sparse schedule, anchor on) and the image encoder
+    together from scratch with flow matching, classifier-free-guidance dropout and an EMA of
+    the weights, on the first ``first_run_sequences`` training sequences."""
+    r = RECIPE
+    final = work / "dit.pt"
+    if final.exists():
+        log("dit: done already")
+        return
+    torch.manual_seed(r.train_seed + 1)
+    model, cond = _dit_and_conditioner()
+    params = list(model.parameters()) + list(cond.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=r.dit_lr, weight_decay=0.01)
+    ckpt_path, step = work / "dit_train.pt", 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(state["dit"])
+        cond.load_state_dict(state["cond"])
+        opt.load_state_dict(state["opt"])
+        ema = state["ema"]
+        step = state["step"]
+        log(f"dit: resuming at step {step}")
+    data_ = _training_latents(work)
+    first_run = data_["seeds"] < r.train_seed + r.first_run_sequences
+    lat = data_["latents"][first_run] * data_["scale_factor"]
+    images = data_["images"][first_run]  # [S, T, 3, H, W] fp16, ready for the encoder
+
+    def checkpoint(s: int) -> None:
+        _save({"dit": model.state_dict(), "cond": cond.state_dict(), "opt": opt.state_dict(), "ema": ema,
+               "step": s}, ckpt_path)
+
+    _train_dit(model, cond, ema, opt, step, r.dit_steps, lambda s: _lr(s, r.dit_steps, r.dit_lr, r.warmup),
+               lat, images, checkpoint)
     # The EMA weights are the ones we ship.
     with torch.no_grad():
         for e, p in zip(ema, params):
@@ -367,13 +502,107 @@ def dit(work: Path = Path(__file__).parent / "work") -> None:
     log("dit: done")
 
 
+@app.command()
+def more(work: Path = Path(__file__).parent / "work") -> None:
+    """Continue the DiT + image encoder from the first run's EMA weights on every training
+    sequence. The EMA is judged on the validation split every ``validate_every`` steps; the
+    best snapshot is the stage's result (``dit_more.pt``)."""
+    r = RECIPE
+    final = work / "dit_more.pt"
+    if final.exists():
+        log("more: done already")
+        return
+    first = torch.load(work / "dit.pt", weights_only=True)
+    scale = float(first["scale_factor"])  # the first run's latent scale: the DiT was trained with it
+    model, cond = _dit_and_conditioner()
+    model.load_state_dict(first["dit"])
+    cond.load_state_dict(first["cond"])
+    params = list(model.parameters()) + list(cond.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=r.more_lr, weight_decay=0.01)
+    start, end = r.dit_steps, r.dit_steps + r.more_steps
+    ckpt_path, best_path, step, history = work / "dit_more_train.pt", work / "dit_more_best.pt", start, []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(state["dit"])
+        cond.load_state_dict(state["cond"])
+        opt.load_state_dict(state["opt"])
+        ema, step, history = state["ema"], state["step"], state["history"]
+        log(f"more: resuming at step {step}")
+    data_ = _training_latents(work)
+    lat, images = data_["latents"] * scale, data_["images"]
+    val = validation_set(work, scale)
+    if not history:
+        with _EMAWeights(params, ema):
+            history.append([step, validation_loss(model, cond, val)])
+        log(f"more: validation loss of the first run's weights {history[0][1]:.4f}")
+
+    def snapshot() -> dict:
+        with _EMAWeights(params, ema):
+            return {"dit": {k: v.clone() for k, v in model.state_dict().items()},
+                    "cond": {k: v.clone() for k, v in cond.state_dict().items()}, "scale_factor": scale}
+
+    def validate(s: int) -> None:
+        with _EMAWeights(params, ema):
+            loss = validation_loss(model, cond, val)
+        best = min(h[1] for h in history)
+        history.append([s, loss])
+        if loss < best:
+            _save({**snapshot(), "step": s, "validation_loss": loss}, best_path)
+        log(f"more: step {s} validation loss (EMA) {loss:.4f} (best before {best:.4f})")
+
+    def checkpoint(s: int) -> None:
+        _save({"dit": model.state_dict(), "cond": cond.state_dict(), "opt": opt.state_dict(), "ema": ema,
+               "step": s, "history": history}, ckpt_path)
+
+    _train_dit(model, cond, ema, opt, step, end, lambda s: _lr(s - start, r.more_steps, r.more_lr, r.more_warmup),
+               lat, images, checkpoint, validate)
+    if not best_path.exists():
+        log("more: the validation loss never went below the first run's; package will use dit.pt")
+        return
+    best = torch.load(best_path, weights_only=True)
+    (work / "validation_history.json").write_text(json.dumps(
+        {"times": VALIDATION_TIMES, "history": history, "best_step": best["step"]}, indent=2))
+    _save({k: best[k] for k in ("dit", "cond", "scale_factor")}, final)
+    log(f"more: done; best validation loss {best['validation_loss']:.4f} at step {best['step']}")
+
+
+# The first run's DiT as it shipped (sculpt4d.json "hashes"); git revision 2262c1d holds it.
+FIRST_RUN_DIT_HASH = "36ce395d70b2b58b"
+
+
+@app.command("from-package")
+def from_package(work: Path = Path(__file__).parent / "work", source: Path = PACKAGE_DIR) -> None:
+    """Recreate the first run's results (vae.pt, dit.pt) from its fp16 weights as they shipped,
+    so that ``more`` can continue when the first run's work directory is gone. The package
+    directory holds the continued weights now; get the first run's with
+    ``git archive 2262c1d sdk/weights/demo | tar -x -C /tmp/first`` and pass
+    ``--source /tmp/first/sdk/weights/demo``."""
+    from sdk.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint
+
+    found = json.loads((source / "sculpt4d.json").read_text()).get("hashes", {}).get("dit")
+    if found != FIRST_RUN_DIT_HASH:
+        raise SystemExit(f"{source} is not the first run's DiT (hash {found}, expected {FIRST_RUN_DIT_HASH}); "
+                         "see `train.py from-package --help` for where it is")
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(source)
+    if not (work / "vae.pt").exists():
+        _save({"model": build_vae(ckpt).state_dict()}, work / "vae.pt")
+    if not (work / "dit.pt").exists():
+        _save({"dit": build_dit(ckpt).state_dict(), "cond": build_conditioner(ckpt).state_dict(),
+               "scale_factor": float(ckpt.vae_config.scale_factor)}, work / "dit.pt")
+    log(f"from-package: vae.pt and dit.pt from {source}")
+
+
 def load_trained(work: Path):
-    from sdk.models import ImageConditioner, Sculpt4DDiT, ShapeVAE
+    from sdk.models import ShapeVAE
 
     dit_cfg, vae_cfg, cond_cfg = configs()
-    state = torch.load(work / "dit.pt", weights_only=True)
+    result = work / "dit_more.pt" if (work / "dit_more.pt").exists() else work / "dit.pt"
+    state = torch.load(result, weights_only=True)
     vae_cfg = dataclasses.replace(vae_cfg, scale_factor=state["scale_factor"])
-    model, cond, vae_model = Sculpt4DDiT(dit_cfg), ImageConditioner(cond_cfg), ShapeVAE(vae_cfg)
+    model, cond = _dit_and_conditioner()
+    vae_model = ShapeVAE(vae_cfg)
     model.load_state_dict(state["dit"])
     cond.load_state_dict(state["cond"])
     vae_model.load_state_dict(torch.load(work / "vae.pt", weights_only=True)["model"])
@@ -412,6 +641,7 @@ def run_all(work: Path = Path(__file__).parent / "work") -> None:
     vae(work)
     latents(work)
     dit(work)
+    more(work)
     package(work)
 
 
