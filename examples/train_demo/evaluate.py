@@ -24,7 +24,8 @@ sampled independently per frame). That is the value of a perfectly still object,
 bound on what sampling adds to a moving one: the nearest-sample error adds fully only when
 frames do not move and shrinks as the motion between frames grows. Smooth GT motion has a true
 jitter near zero, so GT can sit below this value; predictions well above it are measured
-jitter, not sampling noise.
+jitter, not sampling noise. (Distances to the exact neighbouring surface instead of its samples
+would have no floor at all and make GT's jitter meaningful; not done yet: too slow on 2 cores.)
 
 Summary: mean over every (sequence, seed) run, the sample standard deviation (ddof=1) over
 sequences of each sequence's mean over seeds, the mean of each seed, and for every variant the
