@@ -86,9 +86,13 @@ def sample_surface(mesh, n: int, seed: Any = 0) -> np.ndarray:
     return a + uv[:, :1] * (b - a) + uv[:, 1:] * (c - a)
 
 
+def _is_mesh(x) -> bool:
+    return hasattr(x, "faces") and hasattr(x, "vertices")
+
+
 def _points(x, n: int, seed: Any) -> np.ndarray:
     """Mesh -> surface samples; point array -> itself (as float64 [N, 3])."""
-    if hasattr(x, "faces") and hasattr(x, "vertices"):
+    if _is_mesh(x):
         return sample_surface(x, n, seed)
     pts = np.asarray(x, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
@@ -407,8 +411,7 @@ def temporal_jitter(frames: Sequence, n_points: int = 10_000, seed: Any = 0, per
         for f, s in zip(frames, seeds):
             query_seed, target_seed = s.spawn(2)
             queries.append(_points(f, n_points, np.random.default_rng(query_seed)))
-            dense = _points(f, target_points, np.random.default_rng(target_seed)) if hasattr(f, "faces") \
-                and hasattr(f, "vertices") else queries[-1]
+            dense = _points(f, target_points, np.random.default_rng(target_seed)) if _is_mesh(f) else queries[-1]
             trees.append(cKDTree(dense, balanced_tree=False))  # about twice as fast to build; same answers
 
         def distance(i: int, j: int) -> float:

@@ -165,13 +165,14 @@ def load_split(work: Path, split: str, keys: tuple[str, ...], first: int | None 
     """Arrays of a split in SEED order (names sort by motion first), with their ``seeds``; only
     the split's own seeds (a stale file from another recipe is an error, not data), and with
     ``first`` only the first ``first`` seeds."""
-    seeds = split_seeds(split)[:first]
+    own = split_seeds(split)
+    seeds = set(own[:first])
     files = sorted((work / "data" / split).glob("*.npz"), key=lambda f: seed_of(f.stem))
-    foreign = [f.name for f in files if seed_of(f.stem) not in set(split_seeds(split))]
+    foreign = [f.name for f in files if seed_of(f.stem) not in set(own)]
     if foreign:
         raise SystemExit(f"{work / 'data' / split} holds sequences outside this recipe's {split} seeds: "
                          f"{foreign[:3]}; move them away")
-    files = [f for f in files if seed_of(f.stem) in set(seeds)]
+    files = [f for f in files if seed_of(f.stem) in seeds]
     if len(files) != len(seeds):
         raise SystemExit(f"{len(files)} of {len(seeds)} {split} sequences in {work / 'data' / split}; "
                          "run the 'data' stage first")
