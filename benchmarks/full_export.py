@@ -49,8 +49,8 @@ SIZES = {  # name -> DiT overrides of DiTConfig.full(); VAE and conditioner are 
 def step_checkpoint(work: Path, size: str, frames: int) -> dict:
     import torch
 
-    from sdk.checkpoint import write_random_checkpoint
-    from sdk.config import ConditionerConfig, DiTConfig, VAEConfig
+    from sdk.models.checkpoint import write_random_checkpoint
+    from sdk.models.config import ConditionerConfig, DiTConfig, VAEConfig
 
     target = work / "checkpoint"
     if target.exists():

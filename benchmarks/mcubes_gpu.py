@@ -7,7 +7,7 @@ Needs a CUDA GPU; prints a markdown table. GPU times are wall-clock medians of w
 (extraction + output allocation + the host synchronisations that size the output), the field
 already on the GPU; "sparse" passes the sign-change cells (dilated by 1), as hierarchical decoding
 would. scikit-image runs on the same field copied to the host (copy not timed), through
-sdk.mcubes' CPU backend (Lewiner), once per resolution unless --cpu-repeats says otherwise.
+sdk.generation.mcubes' CPU backend (Lewiner), once per resolution unless --cpu-repeats says otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdk.kernels.cuda import cuda_kernels_available, cuda_kernels_unavailable_reason, marching_cubes_cuda
-from sdk.mcubes import BACKENDS, WorldBox, grid_to_world
+from sdk.generation.mcubes import BACKENDS, WorldBox, grid_to_world
 
 
 def smooth_field(R: int, device, seed: int = 0, bumps: int = 24) -> torch.Tensor:

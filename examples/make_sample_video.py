@@ -29,7 +29,7 @@ def render(i: int, n: int, size: int) -> np.ndarray:
 
 
 def main() -> None:
-    from sdk.video import write_video
+    from sdk.outputs.video import write_video
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="examples/data/bouncing_box.mp4")

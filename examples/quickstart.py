@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from sdk.config import DiTConfig
-from sdk.flops import estimate_flops
+from sdk.models.config import DiTConfig
+from sdk.models.flops import estimate_flops
 from sdk.models import Sculpt4DDiT
 from sdk.sparse import PRESETS, SparsePattern
 

@@ -7,12 +7,12 @@ Layout of an engine directory::
     vae_decoder.engine, vae_query.engine, conditioner.engine   (frame-count independent)
     onnx/dit_t16/...           the ONNX export each DiT engine came from
 
-The cache key of an engine is its manifest entry minus the build bookkeeping (``sdk.contract``:
+The cache key of an engine is its manifest entry minus the build bookkeeping (``sdk.core.contract``:
 ``Part.key_fields``): model hash, part, frames, schedule, anchor, block size, precision, TensorRT
 flavour and version, target GPU and plugin version. A matching existing engine is reused; a stale one is rebuilt and the reason is
 printed in one line. Each entry records the engine file's size (``bytes``) and ``sha256``: a file
 that does not match (corrupt, truncated, replaced) is stale too, and ``inspect`` reports it. The
-manifest's shape is validated (``sdk.contract.check_engine_manifest``) before anything uses it.
+manifest's shape is validated (``sdk.core.contract.check_engine_manifest``) before anything uses it.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sdk.atomic import atomic_write_bytes
+from sdk.core.atomic import atomic_write_bytes
 from sdk.sparse import resolve_schedule
 from sdk.sparse.attention import PLUGIN_VERSION
 
-from sdk.contract import (DIT, ENGINE_FORMAT, ENGINE_MANIFEST, KEY_FIELDS, MAX_IMAGES,  # noqa: F401
+from sdk.core.contract import (DIT, ENGINE_FORMAT, ENGINE_MANIFEST, KEY_FIELDS, MAX_IMAGES,  # noqa: F401
                           MAX_QUERY_POINTS, PARTS, BackendError, ShapeRange, engine_file_problem, part, read_engine_manifest)
 from sdk.kernels.native import find_plugin_library, gpu_description
 
@@ -42,12 +42,14 @@ MANIFEST = ENGINE_MANIFEST
 PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 TARGETS = ("tensorrt", "tensorrt-rtx")
 _LOADED_PLUGINS: set[str] = set()  # plugin libraries this process registered
-#: part name -> the source hash its cache key holds (kept for callers of the old name; sdk.contract owns it)
+#: part name -> the source hash its cache key holds (kept for callers of the old name; sdk.core.contract owns it)
 PART_HASH = {name: spec.hash_key for name, spec in PARTS.items()}
 
 
 @dataclass
 class BuildReport:
+    """What :func:`build_engines` did: the engine directory, the engines built and reused, and one
+    line per decision (plugin, staleness, fallbacks)."""
     engine_dir: Path
     built: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
@@ -66,6 +68,8 @@ def target_description(flavour: str) -> str:
 
 
 def load_plugin(trt, log: Callable[[str], None]) -> Path | None:
+    """Load our BlockSparseAttention plugin library into ``trt``'s registry and return its path;
+    None (after logging why) when it is missing or fails to load, so the ONNX function body is built."""
     lib = find_plugin_library()
     if lib is None:
         log("plugin: libs4d_trt_plugin.so not found (set S4D_TRT_PLUGIN or build plugins_trt/); the "
@@ -94,6 +98,7 @@ def load_plugin(trt, log: Callable[[str], None]) -> Path | None:
 
 
 def read_manifest(engine_dir: Path) -> dict[str, Any]:
+    """The engine directory's manifest (an empty one when there is none); ``TensorRTError`` if malformed."""
     path = Path(engine_dir) / MANIFEST
     if not path.is_file():
         return {"format": ENGINE_FORMAT, "version": 1, "engines": {}}
@@ -146,7 +151,7 @@ def plugin_stale_reason(trt, plugin: Path | None, old: dict[str, Any]) -> str | 
 
 def engine_shapes(part_name: str, image_size: int, max_query_points: int = MAX_QUERY_POINTS,
                   max_images: int = MAX_IMAGES) -> dict[str, ShapeRange] | None:
-    """The optimisation profile of a part's engine (``sdk.contract.Part.profile``)."""
+    """The optimisation profile of a part's engine (``sdk.core.contract.Part.profile``)."""
     return part(part_name).profile(image_size, max_query_points, max_images)
 
 

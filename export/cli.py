@@ -46,7 +46,7 @@ def flops(
     temporal-attention ratio and the whole-network ratio (sparse / full) with the counting
     conventions used.
     """
-    from sdk.flops import estimate_flops
+    from sdk.models.flops import estimate_flops
 
     try:
         sched = parse_schedule(schedule)
@@ -67,7 +67,7 @@ def flops(
 
 @app.command()
 def onnx(
-    checkpoint: str = typer.Argument(..., help="Checkpoint file or directory (any layout sdk.checkpoint reads), or "
+    checkpoint: str = typer.Argument(..., help="Checkpoint file or directory (any layout sdk.models.checkpoint reads), or "
                                                "'tiny' for the tiny random-weight model."),
     output: Path = typer.Option(..., "--output", "-o", help="Directory for the .onnx files and export.json."),
     frames: int = typer.Option(..., "--frames", "-f", help="Frame count T the DiT graph is exported for."),
@@ -85,8 +85,8 @@ def onnx(
     vae_decoder.onnx, vae_query.onnx and conditioner.onnx for one frame count. An fp16 export of an
     fp16 checkpoint uses the checkpoint's weights memory-mapped (the full model fits in 24 GB)."""
     from export.onnx import ExportError, export_onnx
-    from sdk.checkpoint import CheckpointError
-    from sdk.extras import MissingExtraError
+    from sdk.models.checkpoint import CheckpointError
+    from sdk.core.extras import MissingExtraError
 
     try:
         sched = parse_schedule(schedule) if schedule is not None else None
@@ -117,8 +117,8 @@ def random_checkpoint(
     """Write a checkpoint with random weights at a given size, for benchmarks and export checks
     (no public Sculpt4D weights exist). Streamed tensor by tensor: memory stays at one tensor."""
     from export.onnx import DTYPES
-    from sdk.checkpoint import CheckpointError, write_random_checkpoint
-    from sdk.config import ConditionerConfig, DiTConfig, VAEConfig
+    from sdk.models.checkpoint import CheckpointError, write_random_checkpoint
+    from sdk.models.config import ConditionerConfig, DiTConfig, VAEConfig
 
     if size not in RANDOM_SIZES:
         usage_error(f"--size must be one of {', '.join(RANDOM_SIZES)}, got {size!r}")
@@ -154,8 +154,8 @@ def build(
     from export.builder import build_engines
     from export.onnx import ExportError
     from export.tensorrt import TensorRTError
-    from sdk.checkpoint import CheckpointError
-    from sdk.extras import MissingExtraError
+    from sdk.models.checkpoint import CheckpointError
+    from sdk.core.extras import MissingExtraError
 
     try:
         sched = parse_schedule(schedule) if schedule is not None else None

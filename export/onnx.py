@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdk.atomic import atomic_directory, check_target, files_in, written_by_us
-from sdk.config import to_dict
-from sdk.contract import CONDITIONER, DIT, EXPORT_FORMAT, EXPORT_MANIFEST, PART_NAMES, PARTS, VAE_DECODER, VAE_QUERY
-from sdk.extras import require
+from sdk.core.atomic import atomic_directory, check_target, files_in, written_by_us
+from sdk.models.config import to_dict
+from sdk.core.contract import CONDITIONER, DIT, EXPORT_FORMAT, EXPORT_MANIFEST, PART_NAMES, PARTS, VAE_DECODER, VAE_QUERY
+from sdk.core.extras import require
 from sdk.sparse import PatternError, SparsePattern, resolve_schedule
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP
 
@@ -48,7 +48,7 @@ OPSET = 20
 MANIFEST = EXPORT_MANIFEST
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TWO_GB = 2 * 1024 ** 3
-FILES = {name: spec.onnx_file for name, spec in PARTS.items()}  # part -> file name (sdk.contract)
+FILES = {name: spec.onnx_file for name, spec in PARTS.items()}  # part -> file name (sdk.core.contract)
 
 
 class ExportError(ValueError):
@@ -209,6 +209,7 @@ def attach_block_sparse_function(model) -> dict[str, Any] | None:
 
 @dataclass
 class ExportResult:
+    """What :func:`export_onnx` wrote: the directory, each part's graph file, and the ``export.json`` manifest."""
     directory: Path
     files: dict[str, Path]
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -363,7 +364,7 @@ def load_models(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
     demo model) or ``"tiny"``. A DiT stored in ``dtype`` keeps the checkpoint's memory-mapped
     tensors as its weights (no copy: how a 3B-parameter fp16 DiT fits on a 24 GB machine);
     otherwise the weights are converted to float32 as for inference."""
-    from sdk.checkpoint import (TINY_RANDOM, build_conditioner, build_dit, build_vae, load_checkpoint,
+    from sdk.models.checkpoint import (TINY_RANDOM, build_conditioner, build_dit, build_vae, load_checkpoint,
                                 resolve_model_path, state_dict_hash, tiny_random_models)
 
     if str(source) in ("tiny", TINY_RANDOM):
@@ -391,12 +392,13 @@ def exporter_fingerprint() -> str:
     profiles; models, sparse pattern), so a change to any of it invalidates cached engines."""
     import hashlib
 
-    import sdk
+    from sdk.core import contract
+    from sdk.core.version import __version__
 
-    root = Path(sdk.__file__).resolve().parent
-    files = sorted([Path(__file__).resolve(), root / "contract.py", *(root / "models").glob("*.py"),
+    root = Path(contract.__file__).resolve().parent.parent  # the sdk package
+    files = sorted([Path(__file__).resolve(), Path(contract.__file__).resolve(), *(root / "models").glob("*.py"),
                     *(root / "sparse").glob("*.py")])
-    h = hashlib.sha256(sdk.__version__.encode())
+    h = hashlib.sha256(__version__.encode())
     for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

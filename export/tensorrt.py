@@ -15,8 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
-from sdk.contract import DEFAULT_BATCH_PROFILE, ShapeRange
-from sdk.extras import require
+from sdk.core.contract import DEFAULT_BATCH_PROFILE, ShapeRange
+from sdk.core.extras import require
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, PLUGIN_VERSION
 
 FLAVOURS = ("tensorrt-rtx", "tensorrt")
@@ -200,6 +200,7 @@ def build_engine(onnx_path: str | Path, shapes: dict[str, ShapeRange] | None = N
 
 
 def input_names(onnx_path: str | Path) -> Sequence[str]:
+    """The input names of an ONNX graph (read without its external weights)."""
     onnx = require("onnx", "reading ONNX graphs")
 
     model = onnx.load(str(onnx_path), load_external_data=False)

@@ -1,36 +1,37 @@
 """Sculpt4D SDK: run video -> 4D mesh diffusion transformers fast and faithfully.
 
+The package follows the data flow (``docs/architecture.md``): ``core`` (contract, file safety,
+notices) <- ``kernels`` <- ``sparse`` <- ``models``; ``inputs`` (frames, matting, conditioning) and
+``outputs`` (mesh sequences and their files) beside them; ``generation`` (run settings, runtimes,
+sampler, decoding, ``Generator``) on top of those; ``batch`` (s4d-convert's per-clip work, storage,
+Ray), ``data``, ``evaluation`` and ``cli`` above. ``tests/test_structure.py`` enforces the layers.
+
 ``import sdk`` is cheap: the public names below are imported on first access (PEP 562), so the
 command-line tools answer ``--help`` and usage errors without loading torch or transformers.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .version import __version__
+from .core import moved as _moved
+from .core.lazy import lazy_exports
+from .core.version import __version__
 
-# public name -> the submodule that defines it
-_LAZY = {"ConditionerConfig": "config", "DiTConfig": "config", "TemporalConfig": "config", "VAEConfig": "config",
-         "MeshSequence": "meshseq", "Generator": "pipeline", "GeneratorError": "pipeline"}
+# public name -> the module that defines it
+_LAZY = {"ConditionerConfig": "sdk.models.config", "DiTConfig": "sdk.models.config",
+         "TemporalConfig": "sdk.models.config", "VAEConfig": "sdk.models.config",
+         "MeshSequence": "sdk.outputs.meshseq", "Generator": "sdk.generation.pipeline",
+         "GeneratorError": "sdk.core.errors"}
 
 __all__ = sorted([*_LAZY, "__version__"])
 
 if TYPE_CHECKING:  # static tools see the real names
-    from .config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig
-    from .meshseq import MeshSequence
-    from .pipeline import Generator, GeneratorError
+    from .generation.pipeline import Generator
+    from .core.errors import GeneratorError
+    from .models.config import ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig
+    from .outputs.meshseq import MeshSequence
 
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sdk' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+_moved.install()  # old module paths (sdk.frames, sdk.pipeline, ...) keep working, with a warning

@@ -15,7 +15,7 @@ CLI_FAST = ["--model", "tiny-random", "--frames", "4", "--steps", "2", "--resolu
 
 def write_clip(path: Path, num_frames: int = 12, size: int = 64, seed: int = 0) -> Path:
     """A coloured square moving over a grey background, written by the SDK's video writer."""
-    from sdk.frames import write_video
+    from sdk.outputs.video import write_video
 
     colour = np.random.default_rng(seed).integers(0, 120, 3)
     frames = []

@@ -20,7 +20,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from sdk.kernels.cuda import KERNEL_SIZES, block_sparse_attention_cuda, cuda_kernels_available, cuda_kernels_unavailable_reason
-from sdk.mcubes import WorldBox, grid_to_world, marching_cubes
+from sdk.generation.mcubes import WorldBox, grid_to_world, marching_cubes
 from sdk.sparse import blocked_block_sparse_attention, reference_block_sparse_attention
 from sdk.sparse.pattern import SparsePattern
 

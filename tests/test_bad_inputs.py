@@ -30,10 +30,10 @@ import trimesh
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdk import atomic
+from sdk.core import atomic
 from sdk.cli.convert import app as convert_app
 from sdk.cli.evaluate import app as eval_app
-from sdk.pipeline import Generator
+from sdk.generation.pipeline import Generator
 from export.cli import app as export_app
 from conftest import CLI_FAST, write_clip as write_video  # shared helpers
 
@@ -454,7 +454,7 @@ def test_read_only_output_directory(tmp_path, clip):
 def competing_run(request, monkeypatch):
     """Another run publishes the same target (as .obj) after this one checked it: while this run
     generates, or while it writes its own files."""
-    from sdk.meshseq import MeshSequence
+    from sdk.outputs.meshseq import MeshSequence
 
     state = {}
     if request.param == "before-save":
@@ -574,7 +574,7 @@ def test_stale_partials_of_dead_runs_are_removed_and_nothing_else(tmp_path, clip
 
 def test_sigkill_during_save_is_cleaned_by_the_next_run(tmp_path, clip):
     out = tmp_path / "out"
-    code = ("import os, signal\nfrom sdk.atomic import atomic_directory\n"
+    code = ("import os, signal\nfrom sdk.core.atomic import atomic_directory\n"
             f"with atomic_directory({str(out / 'clip')!r}) as tmp:\n"
             "    (tmp / 'frame_0000.glb').write_bytes(b'half')\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -886,7 +886,7 @@ def test_eval_input_errors(case, sequences):
 @pytest.mark.parametrize("fmt", ["obj", "ply"])
 def test_eval_flags_empty_predicted_frames(fmt, sequences):
     """An empty frame as s4d-convert writes it is scored (Chamfer inf) and clearly flagged."""
-    from sdk.meshseq import _export_mesh
+    from sdk.outputs.meshseq import _export_mesh
 
     pred, gt = sequences
     (pred / "frame_0001.ply").unlink()

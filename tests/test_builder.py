@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from export.builder import stale_reason
 from export.cli import app
-from sdk.runtimes import BackendError, check_engine_entry
+from sdk.generation.runtimes import BackendError, check_engine_entry
 
 ENTRY = {"part": "dit", "model_hash": "abc", "frames": 16, "schedule": [1, 1, 2, 4, 8, 16], "anchor": True,
          "block_size": 128, "precision": "fp16", "flavour": "tensorrt", "tensorrt_version": "10.9.0",
@@ -67,7 +67,7 @@ def test_build_cache_and_rebuild_with_tensorrt_rtx(tmp_path):
     shown = runner.invoke(app, ["inspect", str(engines)])
     assert shown.exit_code == 0 and "dit_t2.engine [ok]" in shown.output and "schedule=[4]" in shown.output
 
-    from sdk.pipeline import Generator, GeneratorError
+    from sdk.generation.pipeline import Generator, GeneratorError
 
     with pytest.raises(GeneratorError, match="needs a CUDA GPU"):
         Generator.from_pretrained(engines)
@@ -108,7 +108,7 @@ def test_plugin_stale_reason_follows_what_the_loaded_plugin_accepts(monkeypatch,
 def test_engine_file_problem_from_bytes_in_hand_matches_the_file_check(tmp_path):
     import hashlib
 
-    from sdk.runtimes import engine_file_problem
+    from sdk.generation.runtimes import engine_file_problem
 
     data = bytes(range(256)) * 8
     path = tmp_path / "dit_t16.engine"

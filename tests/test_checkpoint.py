@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdk.checkpoint import (CheckpointError, PerFrameModeWarning, build_dit, detect_layout, load_checkpoint,
+from sdk.models.checkpoint import (CheckpointError, PerFrameModeWarning, build_dit, detect_layout, load_checkpoint,
                             save_checkpoint)
-from sdk.config import DiTConfig, TemporalConfig
+from sdk.models.config import DiTConfig, TemporalConfig
 from sdk.models.dit import Sculpt4DDiT
 
 
@@ -168,7 +168,7 @@ def test_unknown_layouts(tmp_path):
 # All three parts: DiT + ShapeVAE + DINOv2 conditioner
 # ---------------------------------------------------------------------------------------
 def all_parts(seed=0):
-    from sdk.config import ConditionerConfig, VAEConfig
+    from sdk.models.config import ConditionerConfig, VAEConfig
     from sdk.models import ImageConditioner, ShapeVAE
 
     g = torch.Generator().manual_seed(seed)
@@ -182,7 +182,7 @@ def all_parts(seed=0):
 def part_outputs(dit, vae, cond):
     """Outputs on fixed inputs sized by the tiny configs (shape-inferred configs cannot know
     the token counts P and num_latents; the models accept any)."""
-    from sdk.config import ConditionerConfig, VAEConfig
+    from sdk.models.config import ConditionerConfig, VAEConfig
 
     g = torch.Generator().manual_seed(5)
     size = ConditionerConfig.tiny().image_size
@@ -194,7 +194,7 @@ def part_outputs(dit, vae, cond):
 
 @pytest.mark.parametrize("layout", ["sculpt4d", "hunyuan-ckpt", "hunyuan-safetensors"])
 def test_all_parts_round_trip(tmp_path, layout):
-    from sdk.checkpoint import build_conditioner, build_vae
+    from sdk.models.checkpoint import build_conditioner, build_vae
 
     dit, vae, cond = all_parts()
     if layout == "sculpt4d":
@@ -216,7 +216,7 @@ def test_all_parts_round_trip(tmp_path, layout):
 
 
 def test_vae_wrong_shape_is_named(tmp_path):
-    from sdk.checkpoint import build_vae
+    from sdk.models.checkpoint import build_vae
 
     dit, vae, cond = all_parts()
     sd = dict(vae.state_dict())
@@ -234,7 +234,7 @@ def test_malformed_official_config_yaml(tmp_path):
 
 
 def test_temporal_config_schedule_validation():
-    from sdk.config import ConfigError
+    from sdk.models.config import ConfigError
 
     assert TemporalConfig(schedule="fixed4").schedule == (4,)
     for bad in ([1.5, 2], "nope", [0]):

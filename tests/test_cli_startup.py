@@ -1,6 +1,6 @@
 """The command-line tools start at once: importing them, ``--help`` and usage errors load no torch.
 
-Measured timings (``benchmarks/cli_startup.py``) are in the README; here the property that makes
+Measured timings (``benchmarks/cli_startup.py``) are in docs/performance.md; here the property that makes
 them fast is pinned: the heavy modules are imported only when work starts.
 """
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
-from sdk.config import ConditionerConfig
+from sdk.models.config import ConditionerConfig
 from sdk.models.conditioner import ImageConditioner
 
 PREFIX = "main_image_encoder.model."

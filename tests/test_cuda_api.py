@@ -13,7 +13,7 @@ import torch
 
 from sdk.kernels import cuda as cuda_mod
 from sdk.kernels.cuda import KERNEL_SIZES, block_sparse_attention_cuda, marching_cubes_cuda
-from sdk.mcubes import marching_cubes
+from sdk.generation.mcubes import marching_cubes
 from sdk.sparse import reference_block_sparse_attention
 from sdk.sparse.pattern import PRESETS, SparsePattern
 
@@ -158,7 +158,7 @@ def test_gpu_mc_agrees_with_cpu_backend(name):
 
 @needs_gpu
 def test_gpu_mc_sparse_and_backend_seam(host_lib, monkeypatch):
-    from sdk import mcubes
+    from sdk.generation import mcubes
 
     R = 80
     field = blob_field(R, seed=5)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import trimesh
 
-from sdk.config import VAEConfig
+from sdk.models.config import VAEConfig
 from sdk.data import (Camera, closest_points, consistent_surface, encode_sequence, render_rgba,
                       sample_surface_points, sequence_normalization)
-from sdk.data.render import contact_sheet
+from sdk.outputs.render import contact_sheet
 from sdk.data.surface import NORMALIZED_HALF, closest_point_on_triangles, closest_points_bruteforce
 from sdk.data.synthetic import (MOTIONS, PRIMITIVES, bend, primitive_mesh, primitive_sdf, random_sequence, twist,
                                 unbend)
@@ -247,7 +247,7 @@ def test_render_depth_order_and_colors():
 
 
 def test_render_chunks_match_one_pass():
-    from sdk.data.render import _rasterize
+    from sdk.outputs.render import _rasterize
 
     mesh = _bumpy_sphere(1)
     cam = Camera()
@@ -269,7 +269,8 @@ def test_contact_sheet_layout():
 
 
 def test_write_video_round_trip(tmp_path):
-    from sdk.video import InputError, load_frames, write_video
+    from sdk.inputs.frames import InputError, load_frames
+    from sdk.outputs.video import write_video
 
     frames = [np.full((32, 48, 3), (40 * i, 100, 200), np.uint8) for i in range(5)]
     path = write_video(frames, tmp_path / "clip.mp4", fps=10)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from sdk.config import VAEConfig
-from sdk.decode import (DecodeStats, decode_field_dense, decode_field_hierarchical, decode_frame,
+from sdk.models.config import VAEConfig
+from sdk.generation.decode import (DecodeStats, decode_field_dense, decode_field_hierarchical, decode_frame,
                         default_coarse_resolution, grid_points, resolve_chunk_size, vae_query_fn)
-from sdk.mcubes import WorldBox, grid_to_world, marching_cubes
+from sdk.generation.mcubes import WorldBox, grid_to_world, marching_cubes
 from sdk.models.vae import ShapeVAE
 
 BOX = WorldBox()
@@ -166,7 +166,7 @@ def test_hierarchical_matches_dense_on_analytic_shapes(name, resolution):
           f"{hier_stats.num_queries} ({100 * fraction:.1f}%), levels {hier_stats.levels}, "
           f"occupancy IoU {occupancy_iou:.6f}")
     assert occupancy_iou >= 0.99
-    if resolution == 256:  # README ("Fields and meshes"): 16.6-17.1% of the dense grid at R = 256
+    if resolution == 256:  # docs/decoding.md: 16.6-17.1% of the dense grid at R = 256
         assert 0.1655 <= fraction <= 0.1715, f"{name}: {100 * fraction:.2f}% of the dense grid"
     # The band covers the surface, so the sign is right everywhere and every cell the surface
     # crosses was queried: the meshes are identical.

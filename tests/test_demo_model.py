@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdk.config import ConditionerConfig, DiTConfig, VAEConfig
+from sdk.models.config import ConditionerConfig, DiTConfig, VAEConfig
 from sdk.data.synthetic import random_sequence
-from sdk.metrics import evaluate_sequence
-from sdk.pipeline import Generator, default_model_path
-from sdk.video import sample_indices
+from sdk.evaluation.metrics import evaluate_sequence
+from sdk.generation.pipeline import Generator, default_model_path
+from sdk.inputs.frames import sample_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "examples" / "data").glob("*_2000*.mp4"))
@@ -60,7 +60,7 @@ def test_default_generator(demo):
 def test_demo_follows_the_video(demo):
     """The shape depends on the clip: each prediction is closer to its own clip's ground truth
     than to the other clip's (a bar that bends vs a squashing torus), and the bar is within a
-    regression bound. The demo is coarse (see README): these are guards, not quality claims."""
+    regression bound. The demo is coarse (see docs/demo.md): these are guards, not quality claims."""
     frames = 8
     indices = sample_indices(16, frames)
     clips = [SAMPLES_BY_MOTION["bend_twist"], SAMPLES_BY_MOTION["scaling"]]

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import write_clip
 
-from sdk.batch import Item, OutputOptions, plan_items
+from sdk.batch.clips import Item, OutputOptions, plan_items
 from sdk.cli.convert import optional_value_args
-from sdk.storage import UPLOAD_MARKER, Remote, open_remote, remote_output_state, upload_directory
+from sdk.batch.storage import UPLOAD_MARKER, Remote, open_remote, remote_output_state, upload_directory
 
 
 FAST = ["--model", "tiny-random", "--frames", "4", "--steps", "2", "--resolution", "32"]
@@ -155,8 +155,8 @@ def test_ray_optional_value():
 
 def test_worker_that_cannot_load_the_model_says_why():
     """The actor's constructor raises one line the driver shows for every clip not converted."""
-    from sdk.distributed import ClipConverter, WorkerSetupError
-    from sdk.settings import RunSettings
+    from sdk.batch.distributed import ClipConverter, WorkerSetupError
+    from sdk.generation.settings import RunSettings
 
     with pytest.raises(WorkerSetupError, match=rf"^worker on {socket.gethostname()} cannot load model "
                                                r"'no/such/model': "):
@@ -259,8 +259,8 @@ def test_replacing_a_complete_clip_killed_midway_is_partial_not_complete(tmp_pat
 def test_names_with_uri_characters_keep_their_own_outputs(tmp_path, store):
     """'#', '?', '%' and spaces in a clip name: the URI built for its output names that clip's
     directory, not a truncated or decoded neighbour."""
-    from sdk.batch import output_location
-    from sdk.storage import local_path
+    from sdk.batch.clips import output_location
+    from sdk.batch.storage import local_path
 
     names = ["take#2", "a?b", "x%41", "two words"]
     for name in names:

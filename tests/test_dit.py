@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdk.config import DiTConfig, TemporalConfig
+from sdk.models.config import DiTConfig, TemporalConfig
 from sdk.models.dit import MoEFeedForward, Sculpt4DDiT, sinusoidal_timestep_embedding
 from sdk.sparse import SparsePattern, reference_block_sparse_attention
 

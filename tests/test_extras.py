@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdk.extras import EXTRA_OF, MissingExtraError, require
+from sdk.core.extras import EXTRA_OF, MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def test_console_script_prints_no_traceback(tmp_path):
 
 
 def test_onnxruntime_backend_without_the_extra(monkeypatch, tmp_path):
-    from sdk.runtimes import BackendError, OnnxRuntime
+    from sdk.generation.runtimes import BackendError, OnnxRuntime
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendError, match=r"backend 'onnxruntime' needs the \[onnx\] extra"):
@@ -68,7 +68,7 @@ def test_onnxruntime_backend_without_the_extra(monkeypatch, tmp_path):
 
 
 def test_rembg_missing_names_its_extra(monkeypatch, tmp_path):
-    from sdk.video import rembg_status
+    from sdk.inputs.matting import rembg_status
 
     (tmp_path / "u2net.onnx").write_bytes(b"stand-in")
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))

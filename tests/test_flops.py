@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from export.cli import app
-from sdk.config import DiTConfig
-from sdk.flops import estimate_flops
+from sdk.models.config import DiTConfig
+from sdk.models.flops import estimate_flops
 from sdk.sparse import SparsePattern
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from sdk.mcubes import WorldBox, grid_to_world, marching_cubes
+from sdk.generation.mcubes import WorldBox, grid_to_world, marching_cubes
 
 from cuda_support import (
     CUDA_DIR,

@@ -9,8 +9,8 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from sdk import mcubes
-from sdk.mcubes import WorldBox, grid_to_world, marching_cubes
+from sdk.generation import mcubes
+from sdk.generation.mcubes import WorldBox, grid_to_world, marching_cubes
 
 BOX = WorldBox()
 R = 64

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from sdk.meshseq import MeshSequence, OutputExistsError
+from sdk.outputs.meshseq import MeshSequence, OutputExistsError
 
 
 def make_sequence(T=3, empty_frame=None):
@@ -71,7 +71,7 @@ def test_existing_output_and_bad_format(tmp_path):
 
 
 def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
-    import sdk.meshseq as meshseq
+    import sdk.outputs.meshseq as meshseq
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""Analytic checks of sdk.metrics and the s4d-eval CLI (seeded: each test's seed is fixed and in
+"""Analytic checks of sdk.evaluation.metrics and the s4d-eval CLI (seeded: each test's seed is fixed and in
 its failure message, so a failure reproduces)."""
 
 import json
@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from sdk.cli.evaluate import app
-from sdk.metrics import (Registration, chamfer_distance, evaluate_sequence, fscore, register, sample_surface,
+from sdk.evaluation.metrics import (Registration, chamfer_distance, evaluate_sequence, fscore, register, sample_surface,
                          temporal_jitter, voxel_iou, voxelize)
 
 

@@ -12,8 +12,8 @@ onnx = pytest.importorskip("onnx", reason="the [onnx] extra (onnx, onnxruntime) 
 ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra (onnx, onnxruntime) is not installed")
 
 from export.onnx import ExportError, block_sparse_function, export_onnx, read_attributes  # noqa: E402
-from sdk.contract import EXPORT_FIELDS  # noqa: E402
-from sdk.pipeline import Generator  # noqa: E402
+from sdk.core.contract import EXPORT_FIELDS  # noqa: E402
+from sdk.generation.pipeline import Generator  # noqa: E402
 from sdk.sparse import PRESETS, SparsePattern, reference_block_sparse_attention  # noqa: E402
 from sdk.sparse.attention import ONNX_DOMAIN, ONNX_OP, onnx_node_attributes  # noqa: E402
 
@@ -238,7 +238,7 @@ def test_fp16_checkpoint_exports_without_copying_the_dit(tmp_path):
     assert made.exit_code == 0 and "random weights, seed 3" in made.output, made.output
     again = CliRunner().invoke(app, ["random-checkpoint", "-o", str(ckpt), "--size", "tiny"])
     assert again.exit_code == 2 and "already exists" in again.output  # never replaced
-    from sdk.checkpoint import load_checkpoint, state_dict_hash
+    from sdk.models.checkpoint import load_checkpoint, state_dict_hash
 
     recorded = json.loads((ckpt / "sculpt4d.json").read_text())["hashes"]
     loaded = load_checkpoint(ckpt)  # the streamed hash is the content hash of what was written
@@ -246,7 +246,7 @@ def test_fp16_checkpoint_exports_without_copying_the_dit(tmp_path):
     dit, _, _, info = load_models(ckpt, torch.float16)
     weight = dit.blocks[0].attn1.to_q.weight
     assert weight.dtype == torch.float16
-    mapped = __import__("sdk.tensorfile", fromlist=["map_safetensors"]).map_safetensors(ckpt / "dit.safetensors")
+    mapped = __import__("sdk.core.tensorfile", fromlist=["map_safetensors"]).map_safetensors(ckpt / "dit.safetensors")
     assert torch.equal(weight, mapped["blocks.0.attn1.to_q.weight"])
     clone = half_precision_copy(dit, torch.float16)
     assert clone.blocks[0].attn1.to_q.weight.data_ptr() == weight.data_ptr()  # shared, not copied
@@ -266,7 +266,7 @@ def test_a_dit_over_2gb_exports_with_external_data_and_builds_with_the_plugin(tm
     from pathlib import Path
 
     pytest.importorskip("tensorrt_rtx")
-    from sdk.runtimes import find_plugin_library
+    from sdk.generation.runtimes import find_plugin_library
 
     if find_plugin_library() is None:
         pytest.skip("set S4D_TRT_PLUGIN to a built libs4d_trt_plugin.so (plugins_trt/README.md)")
@@ -288,11 +288,11 @@ def test_a_dit_over_2gb_exports_with_external_data_and_builds_with_the_plugin(tm
     (lambda m: m["files"].update(extra="x.onnx"), "unknown part(s) ['extra'] in 'files'"),
 ])
 def test_malformed_export_manifest_is_refused_with_the_field(exports, tmp_path, change, message):
-    """What the runtimes read from export.json is checked in one place (sdk.contract), so a
+    """What the runtimes read from export.json is checked in one place (sdk.core.contract), so a
     hand-edited or truncated manifest is a clear error, not a KeyError from deep inside."""
     import shutil
 
-    from sdk.pipeline import GeneratorError
+    from sdk.generation.pipeline import GeneratorError
 
     copy = tmp_path / "export"
     shutil.copytree(exports["fp32"].directory, copy)

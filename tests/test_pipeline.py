@@ -9,7 +9,7 @@ import trimesh
 from typer.testing import CliRunner
 
 from sdk.cli.convert import app
-from sdk.pipeline import Generator, GeneratorError
+from sdk.generation.pipeline import Generator, GeneratorError
 
 from conftest import CLI_FAST, FAST, write_clip as write_video  # shared helpers
 
@@ -119,10 +119,10 @@ def test_convert_cli_unwritable_output(tmp_path):
 
 def test_convert_cli_usage_errors(tmp_path, monkeypatch):
     runner = CliRunner()
-    import sdk.checkpoint
+    import sdk.models.checkpoint
 
     # No --model means the embedded demo model; a broken installation without it is a clear usage error.
-    monkeypatch.setattr(sdk.checkpoint, "default_model_path", lambda: tmp_path / "missing")
+    monkeypatch.setattr(sdk.models.checkpoint, "default_model_path", lambda: tmp_path / "missing")
     res = runner.invoke(app, [str(tmp_path), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "embedded demo model is missing" in res.output
     monkeypatch.undo()

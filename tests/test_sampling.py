@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sdk.sampling import SamplerSettings, flow_sigmas, initial_noise, sample_flow
+from sdk.generation.sampling import SamplerSettings, flow_sigmas, initial_noise, sample_flow
 
 
 class RecordingModel:

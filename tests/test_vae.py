@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from sdk.config import VAEConfig
+from sdk.models.config import VAEConfig
 from sdk.models.vae import FourierEmbedder, ShapeVAE, farthest_point_sampling
 
 ATOL = 2e-6

@@ -1,4 +1,4 @@
-"""sdk.video: loading and sampling frames, background removal, the one-crop-box conditioning.
+"""sdk.inputs (frames, matting, conditioning): loading and sampling frames, background removal, the one-crop-box conditioning.
 
 Every video, image and array is drawn fresh here (random colours and positions, never blank)
 and written with PyAV / PIL into ``tmp_path``.
@@ -16,22 +16,11 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from sdk import matting as matting_mod
-from sdk.frames import write_video as sdk_write_video
-from sdk.video import (
-    BORDER_KEY_THRESHOLD,
-    FrameSequence,
-    InputError,
-    PreparedSequence,
-    border_key_alpha,
-    load_frames,
-    natural_sort_key,
-    prepare_sequence,
-    rembg_model_path,
-    remove_background,
-    sample_indices,
-    save_conditioning_images,
-)
+from sdk.inputs import matting as matting_mod
+from sdk.outputs.video import write_video as sdk_write_video
+from sdk.inputs.conditioning import PreparedSequence, prepare_sequence, save_conditioning_images
+from sdk.inputs.frames import FrameSequence, InputError, load_frames, natural_sort_key, sample_indices
+from sdk.inputs.matting import BORDER_KEY_THRESHOLD, border_key_alpha, rembg_model_path, remove_background
 
 W, H, FPS, N = 96, 64, 30, 30
 SQ = 16  # side of the moving square

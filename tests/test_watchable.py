@@ -19,10 +19,10 @@ import pytest
 import trimesh
 from PIL import Image
 
-from sdk.gltf import animation_times, build_glb
-from sdk.meshseq import MeshSequence
-from sdk.preview import write_preview
-from sdk.viewer import BACKGROUND, build_viewer, cluster_decimate, dump_dom, find_chromium, screenshot
+from sdk.outputs.gltf import animation_times, build_glb
+from sdk.outputs.meshseq import MeshSequence
+from sdk.outputs.preview import write_preview
+from sdk.outputs.viewer import BACKGROUND, build_viewer, cluster_decimate, dump_dom, find_chromium, screenshot
 
 COMPONENTS = {5126: (np.float32, 4), 5123: (np.uint16, 2), 5125: (np.uint32, 4)}
 WIDTH = {"SCALAR": 1, "VEC3": 3}
@@ -278,12 +278,12 @@ def test_save_writes_watchables_by_default_and_opt_outs(tmp_path):
 
 
 def test_failing_preview_warns_and_keeps_the_meshes(tmp_path, monkeypatch):
-    import sdk.preview
+    import sdk.outputs.preview
 
     def boom(*args, **kwargs):
         raise RuntimeError("no encoder")
 
-    monkeypatch.setattr(sdk.preview, "write_preview", boom)
+    monkeypatch.setattr(sdk.outputs.preview, "write_preview", boom)
     with pytest.warns(UserWarning, match="preview.mp4 not written: RuntimeError: no encoder"):
         out = make_sequence(T=2).save(tmp_path / "c")
     files = json.loads((out / "manifest.json").read_text())["files"]
@@ -294,7 +294,7 @@ def test_convert_cli_flags(tmp_path):
     from typer.testing import CliRunner
 
     from sdk.cli.convert import app
-    from sdk.video import write_video
+    from sdk.outputs.video import write_video
 
     frames = []
     for i in range(6):  # a dark square moving over a grey background

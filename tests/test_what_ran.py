@@ -16,10 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sdk import notices
+from sdk.core import notices
 from sdk.cli.convert import app
 from sdk.kernels import cpu as cpu_mod
-from sdk.pipeline import Generator
+from sdk.generation.pipeline import Generator
 from sdk.sparse import SparsePattern, attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

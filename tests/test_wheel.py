@@ -71,7 +71,7 @@ out = torch.ops.s4d.block_sparse_attention(q, k, v, 4, 16, [1], True, 64 ** -0.5
 ref = attention.reference_block_sparse_attention(q, k, v, pattern, 16)
 assert torch.allclose(out, ref, atol=1e-4), float((out - ref).abs().max())
 
-from sdk.runtimes import find_plugin_library  # the plugin built inside the package's copy of plugins_trt
+from sdk.generation.runtimes import find_plugin_library  # the plugin built inside the package's copy of plugins_trt
 
 plugin_src = cpu.native_dir("plugins_trt").resolve()
 assert plugin_src.is_relative_to(venv) and (plugin_src / "CMakeLists.txt").is_file(), plugin_src

@@ -13,7 +13,7 @@
 //   outside value: only when some crossed edge touches a non-finite sample (flag set by
 //           emit_edges), a reduction finds min(finite samples) -> float32(min(level-1, min)).
 //   write: one thread per vertex interpolates along its edge and maps it to world coordinates
-//           (mc_common.h::edge_vertex, float64, no FMA: == sdk.mcubes.grid_to_world); one thread
+//           (mc_common.h::edge_vertex, float64, no FMA: == sdk.generation.mcubes.grid_to_world); one thread
 //           per cell writes its triangles at its face offset, finding each edge's vertex by
 //           binary search in the sorted edge list.
 // Nothing depends on scheduling, so the output is deterministic and equals the host reference

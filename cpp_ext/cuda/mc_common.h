@@ -2,7 +2,7 @@
 // the host reference implementation (marching_cubes_host.cpp), so both compute bit-identical
 // cases, edge ids, vertex positions and faces. Internal header: not part of the C ABI.
 //
-// Grid conventions (sdk.mcubes): field[i][j][k], i = x, j = y, k = z, (R+1)^3 float32 samples,
+// Grid conventions (sdk.generation.mcubes): field[i][j][k], i = x, j = y, k = z, (R+1)^3 float32 samples,
 // x-major: sample (i, j, k) at linear index (i*(R+1) + j)*(R+1) + k. Cell (i, j, k) (each index
 // in [0, R)) has linear id (i*R + j)*R + k. Grid edge (p, axis) - the edge from point p to
 // p + e_axis - has id  3 * linear(p) + axis.
@@ -126,7 +126,7 @@ S4D_MC_HD int popcount12(unsigned m) {
 // ---- vertex placement ----------------------------------------------------------------------
 
 // Exactly-rounded a*b and a+b (no FMA contraction on either side), so that
-// world = index / R * size + min is evaluated in float64 in exactly sdk.mcubes.grid_to_world's
+// world = index / R * size + min is evaluated in float64 in exactly sdk.generation.mcubes.grid_to_world's
 // order and rounding.
 S4D_MC_HD double mul_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)

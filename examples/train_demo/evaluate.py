@@ -15,7 +15,7 @@ and the initial noise change:
     full                    full temporal attention (schedule "full") instead of block-sparse
     recon                   the ceiling: encode the GT surface and decode it (no diffusion)
 
-Metrics (``sdk.metrics``, no registration: the model predicts in the sequence's normalised
+Metrics (``sdk.evaluation.metrics``, no registration: the model predicts in the sequence's normalised
 frame): Chamfer, F-score@0.01 and voxel IoU@64 per frame, averaged over the frames, and temporal
 jitter from 10k query samples to ``--jitter-points`` samples of the neighbouring frame.
 
@@ -50,12 +50,12 @@ import typer
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sdk.config import TemporalConfig  # noqa: E402
+from sdk.models.config import TemporalConfig  # noqa: E402
 from sdk.data import encode_sequence  # noqa: E402
-from sdk.decode import decode_frame  # noqa: E402
-from sdk.mcubes import marching_cubes  # noqa: E402
-from sdk.metrics import evaluate_sequence, temporal_jitter  # noqa: E402
-from sdk.pipeline import Generator  # noqa: E402
+from sdk.generation.decode import decode_frame  # noqa: E402
+from sdk.generation.mcubes import marching_cubes  # noqa: E402
+from sdk.evaluation.metrics import evaluate_sequence, temporal_jitter  # noqa: E402
+from sdk.generation.pipeline import Generator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train import seed_of, split_seeds  # noqa: E402
@@ -275,8 +275,8 @@ def main(model: str = typer.Option("default", help="model directory or 'default'
     settings = {"model": model, "split": split, "seeds": seed_list, "variants": wanted, "guidance": guidance,
                 "jitter_points": jitter_points, "jitter_query_points": JITTER_QUERY_POINTS, "defaults": defaults,
                 "sequences": [v.stem for v in videos],
-                "metrics": "sdk.metrics.evaluate_sequence: 50k samples per frame and side, F-score at 0.01, voxel "
-                           "IoU at 64^3, no registration; jitter: sdk.metrics.temporal_jitter with "
+                "metrics": "sdk.evaluation.metrics.evaluate_sequence: 50k samples per frame and side, F-score at 0.01, voxel "
+                           "IoU at 64^3, no registration; jitter: sdk.evaluation.metrics.temporal_jitter with "
                            f"{JITTER_QUERY_POINTS} query and {jitter_points} target samples per frame; mean ± "
                            "sample std over sequences"}
     command = ("python examples/train_demo/evaluate.py " + " ".join(sys.argv[1:])).strip()

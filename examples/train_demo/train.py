@@ -11,7 +11,7 @@
 
 Every stage is seeded, writes into ``--work`` (default ``examples/train_demo/work``), saves a
 resumable checkpoint as it goes and is skipped when its output exists. The models are the
-SDK's own classes with the ``demo()`` configs of ``sdk.config``: the same code as the full-size
+SDK's own classes with the ``demo()`` configs of ``sdk.models.config``: the same code as the full-size
 model at small widths. See README.md next to this file for the recipe and timings.
 """
 
@@ -34,7 +34,7 @@ import typer
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sdk.config import ConditionerConfig, DiTConfig, VAEConfig, to_dict  # noqa: E402
+from sdk.models.config import ConditionerConfig, DiTConfig, VAEConfig, to_dict  # noqa: E402
 from sdk.data.synthetic import MOTIONS, build_example, export_sequence, random_sequence  # noqa: E402
 
 PACKAGE_DIR = ROOT / "sdk" / "weights" / "demo"
@@ -579,7 +579,7 @@ def from_package(work: Path = Path(__file__).parent / "work", source: Path = PAC
     directory holds the continued weights now; get the first run's with
     ``git archive 2262c1d sdk/weights/demo | tar -x -C /tmp/first`` and pass
     ``--source /tmp/first/sdk/weights/demo``."""
-    from sdk.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint
+    from sdk.models.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint
 
     found = json.loads((source / "sculpt4d.json").read_text()).get("hashes", {}).get("dit")
     if found != FIRST_RUN_DIT_HASH:
@@ -613,7 +613,7 @@ def load_trained(work: Path):
 @app.command()
 def package(work: Path = Path(__file__).parent / "work", out: Path = PACKAGE_DIR) -> None:
     """Write the trained weights (fp16 safetensors + sculpt4d.json) into the SDK package."""
-    from sdk.checkpoint import save_checkpoint
+    from sdk.models.checkpoint import save_checkpoint
 
     r = RECIPE
     model, vae_model, cond = load_trained(work)

@@ -11,7 +11,7 @@ def usage_error(message: str) -> None:
 
 def run(app: typer.Typer) -> None:
     """Run a CLI app; a missing optional dependency anywhere is one line and exit 2, no traceback."""
-    from ..extras import MissingExtraError
+    from ..core.extras import MissingExtraError
 
     try:
         app()

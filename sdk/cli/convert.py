@@ -27,7 +27,7 @@ from typing import List, Optional
 
 import typer
 
-from ..batch import (RAN_KEYS, Item, OutputOptions, expand_inputs, overlapping_input,  # noqa: F401 (public here too)
+from ..batch.clips import (RAN_KEYS, Item, OutputOptions, expand_inputs, overlapping_input,  # noqa: F401 (public here too)
                      report_line, safe_output_name)
 from . import run, usage_error
 
@@ -105,12 +105,12 @@ def convert(
     viewer: bool = typer.Option(True, "--viewer/--no-viewer", help="Write viewer.html (a self-contained page "
                                 "that plays the sequence)."),
 ) -> None:
-    from ..atomic import clean_stale_partials
-    from ..batch import plan_items, summarize
-    from ..meshseq import check_formats
-    from ..settings import BACKENDS, GeneratorError, RunSettings
-    from ..storage import local_path
-    from ..matting import MATTING_METHODS
+    from ..core.atomic import clean_stale_partials
+    from ..batch.clips import plan_items, summarize
+    from ..outputs.meshseq import check_formats
+    from ..generation.settings import BACKENDS, GeneratorError, RunSettings
+    from ..batch.storage import local_path
+    from ..inputs.matting import MATTING_METHODS
 
     # 1. options, all checked before anything loads
     if skip_existing and overwrite:
@@ -136,7 +136,7 @@ def convert(
         usage_error(f"--output {outdir} exists and is not a directory")
     cluster = None
     if ray_address is not None:
-        from ..distributed import ClusterError, ClusterOptions, check_cluster_options
+        from ..batch.distributed import ClusterError, ClusterOptions, check_cluster_options
 
         cluster = ClusterOptions(ray_address, workers, gpus_per_worker, cpus_per_worker, retries, threads,
                                  accelerator_type)
@@ -178,7 +178,7 @@ def convert(
     if cluster is None:
         _convert_here(generator, items, settings, options, quiet)
     else:
-        from ..distributed import ClusterError, convert_on_ray
+        from ..batch.distributed import ClusterError, convert_on_ray
 
         def report(item: Item) -> None:
             typer.echo(report_line(item), err=True)
@@ -205,7 +205,7 @@ def _load_generator(model: str, backend: str, device: str | None, threads: int |
     try:
         import warnings
 
-        from ..pipeline import Generator  # the heavy imports (torch, transformers) start here
+        from ..generation.pipeline import Generator  # the heavy imports (torch, transformers) start here
 
         if threads is not None:  # the C++ kernel takes torch's count on every call
             import torch
@@ -224,11 +224,11 @@ def _load_generator(model: str, backend: str, device: str | None, threads: int |
 
 def _convert_here(generator, items: List[Item], settings, options: OutputOptions, quiet: bool) -> None:
     """Convert the pending items one after another in this process."""
-    from ..batch import convert_one
+    from ..batch.clips import convert_one
 
     reporter = None
     if not quiet and sys.stderr.isatty():  # one overall bar plus one bar per stage of the current input
-        from ..progress import RichProgress
+        from ..core.progress import RichProgress
 
         reporter = RichProgress()
         reporter.start("inputs", len(items))

@@ -1,9 +1,9 @@
 """``s4d-eval``: compare a predicted mesh sequence with a ground-truth one (SPEC section 7).
 
-Both directories hold ``frame_XXXX.{glb,obj,ply}`` as written by :class:`sdk.meshseq.MeshSequence`
+Both directories hold ``frame_XXXX.{glb,obj,ply}`` as written by :class:`sdk.outputs.meshseq.MeshSequence`
 (where one frame exists in several formats, glb is read, then obj, then ply). Frames are matched by
 index. Prints per-frame and mean Chamfer, F-score and voxel IoU plus the temporal jitter of both
-sequences, as a table or (``--json``) as JSON on stdout. Conventions: see :mod:`sdk.metrics`.
+sequences, as a table or (``--json``) as JSON on stdout. Conventions: see :mod:`sdk.evaluation.metrics`.
 
 Exit codes: 0 success, 2 usage/input errors (missing directory, no meshes, frame counts or indices
 that differ, unreadable or garbage mesh, non-finite vertex coordinates, bad option values). An
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from ..meshseq import MESH_FORMATS  # also the preference order when a frame exists in several
+from ..outputs.meshseq import MESH_FORMATS  # also the preference order when a frame exists in several
 from . import run, usage_error
 
 _FRAME_RE = re.compile(r"^frame_(\d+)\.(" + "|".join(MESH_FORMATS) + r")$", re.IGNORECASE)
@@ -155,7 +155,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table."),
 ) -> None:
-    from ..metrics import evaluate_sequence
+    from ..evaluation.metrics import evaluate_sequence
 
     for option, value, low in (("--points", points, 1), ("--iou-resolution", iou_resolution, 1)):
         if value < low:

@@ -201,12 +201,15 @@ class Normalization:
     scale: float
 
     def apply(self, points: np.ndarray) -> np.ndarray:
+        """Points in the original frame -> the normalised frame (centre, then scale)."""
         return (np.asarray(points, np.float64) - np.asarray(self.center)) * self.scale
 
     def invert(self, points: np.ndarray) -> np.ndarray:
+        """Normalised points -> the original frame; the inverse of :meth:`apply`."""
         return np.asarray(points, np.float64) / self.scale + np.asarray(self.center)
 
     def apply_mesh(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+        """A copy of ``mesh`` with normalised vertices (same faces)."""
         return trimesh.Trimesh(self.apply(mesh.vertices), np.asarray(mesh.faces), process=False)
 
 

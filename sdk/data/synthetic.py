@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from ..mcubes import WorldBox, marching_cubes
+from ..generation.mcubes import WorldBox, marching_cubes
 from .surface import Normalization, sequence_normalization
 
 MOTIONS = ("rigid", "articulated", "bend_twist", "scaling", "merge_split")
@@ -150,16 +150,19 @@ class Part:
     color: np.ndarray
 
     def to_world(self, t: int, local: np.ndarray) -> np.ndarray:
+        """Local (rest-pose) points of this part -> world coordinates at frame ``t`` (twist, bend, then the rigid pose)."""
         p = bend(twist(local, self.twist[t]) if self.twist[t] != 0 else local, self.bend[t])
         m = self.matrix[t]
         return p @ m[:3, :3].T + m[:3, 3]
 
     def to_local(self, t: int, world: np.ndarray) -> np.ndarray:
+        """World points at frame ``t`` -> this part's local (rest-pose) coordinates; the inverse of :meth:`to_world`."""
         inv = np.linalg.inv(self.matrix[t])
         p = unbend(world @ inv[:3, :3].T + inv[:3, 3], self.bend[t])
         return twist(p, -self.twist[t]) if self.twist[t] != 0 else p
 
     def sdf(self, t: int, world: np.ndarray) -> np.ndarray:
+        """Approximate signed distance of world points to this part at frame ``t`` (negative inside)."""
         return primitive_sdf(self.kind, self.size, self.to_local(t, world))
 
 
@@ -181,6 +184,7 @@ class Sequence4D:
     # -- the animated mesh (one topology) ----------------------------------------------------
     @property
     def faces(self) -> np.ndarray:
+        """The faces of every part's template, concatenated: the one topology of the sequence."""
         faces, offset = [], 0
         for mesh in self._templates:
             faces.append(np.asarray(mesh.faces) + offset)
@@ -189,9 +193,11 @@ class Sequence4D:
 
     @property
     def face_colors(self) -> np.ndarray:
+        """Each face's part colour (RGB), in :attr:`faces` order."""
         return np.concatenate([np.repeat(p.color[None], len(m.faces), 0) for p, m in zip(self.parts, self._templates)])
 
     def raw_vertices(self, t: int) -> np.ndarray:
+        """Every part's template vertices at frame ``t``, before the sequence's normalisation."""
         return np.concatenate([p.to_world(t, m.vertices) for p, m in zip(self.parts, self._templates)])
 
     def vertices(self, t: int) -> np.ndarray:
@@ -199,6 +205,7 @@ class Sequence4D:
         return self.normalization.apply(self.raw_vertices(t))
 
     def animated_mesh(self, t: int) -> trimesh.Trimesh:
+        """The fixed-topology mesh at frame ``t`` (every frame shares the faces; not watertight where parts overlap)."""
         return trimesh.Trimesh(self.vertices(t), self.faces, process=False)
 
     # -- the exact field and the watertight mesh ----------------------------------------------
@@ -221,9 +228,11 @@ class Sequence4D:
         return out.reshape(points.shape[:-1])
 
     def occupancy(self, t: int, points: np.ndarray) -> np.ndarray:
+        """Whether each world point lies inside the object at frame ``t``."""
         return self.sdf(t, points) < 0
 
     def watertight_mesh(self, t: int, resolution: int = 96, box: WorldBox = WorldBox()) -> trimesh.Trimesh:
+        """A watertight mesh of frame ``t``: marching cubes of the union's SDF on ``box`` at ``resolution``."""
         axis = np.linspace(box.min, box.max, resolution + 1)
         grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
         field_values = -self.sdf(t, grid).reshape((resolution + 1,) * 3)  # positive inside
@@ -369,7 +378,7 @@ BACKGROUND = (205, 205, 205)  # the plain backdrop of rendered videos (removed b
 
 def render_frames(seq: Sequence4D, camera=None, size: int = 256) -> list[np.ndarray]:
     """RGB frames of the animated object over a plain background: the conditioning video."""
-    from .render import Camera, over_background, render_rgba
+    from ..outputs.render import Camera, over_background, render_rgba
 
     camera = camera or Camera()
     cams = camera if isinstance(camera, (list, tuple)) else [camera] * seq.num_frames
@@ -384,7 +393,7 @@ def export_sequence(seq: Sequence4D, directory, resolution: int = 128, frames: l
     ground truth for metrics), ``animated_XXXX.ply`` (the one-topology part meshes) and
     ``sequence.json`` (motion, parts); with ``frames``, the video too (``video`` path, default
     ``directory/video.mp4``)."""
-    from ..frames import write_video
+    from ..outputs.video import write_video
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -425,7 +434,7 @@ def build_example(seq: Sequence4D, n_uniform: int, n_sharp: int, image_size: int
     import torch
 
     from ..models.conditioner import prepare_images
-    from ..conditioning import prepare_sequence
+    from ..inputs.conditioning import prepare_sequence
     from .surface import consistent_surface, sample_surface_points
 
     rng = np.random.default_rng(seed)

@@ -221,7 +221,7 @@ def load_cpu_kernel() -> ctypes.CDLL:
     """Build (if needed) and load the library; raises ``KernelBuildError`` with the reason."""
     lib = LOADER.load()
     if not lib.s4d_bsa_cpu_has_openmp():
-        from ..notices import warn_once
+        from ..core.notices import warn_once
 
         warn_once("cpu-kernel-openmp", "the C++ CPU attention kernel was built without OpenMP and runs on ONE "
                                        f"thread (-fopenmp failed with {Path(_compiler_name()).name}); fix: install "

@@ -15,7 +15,7 @@ Loading registers ``torch.ops.s4d_cuda.*``:
 The attention kernel needs compute capability >= 8.0 (sm_80 tensor-core instructions); marching
 cubes runs on 7.5 too. Nothing here raises at import. :func:`cuda_kernels_available` says whether
 the ops work here and :func:`cuda_kernels_unavailable_reason` why not; the wrappers raise
-``RuntimeError`` with that reason when called without them. ``sdk.mcubes``'s ``"cuda"`` backend
+``RuntimeError`` with that reason when called without them. ``sdk.generation.mcubes``'s ``"cuda"`` backend
 is :func:`mcubes_backend`.
 
 Environment:
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..grid import WorldBox
+from ..core.grid import WorldBox
 from .limits import KERNEL_SIZES, check_csr_tensor, check_cuda_sizes, cuda_kernel_supports  # noqa: F401 (re-exported)
 from .native import LazyNative, cache_dir, cpp_ext_dir
 
@@ -241,7 +241,7 @@ def marching_cubes_cuda(field, level: float = 0.0, box: WorldBox = WorldBox(),
 
     Returns ``(vertices float64 [V, 3] world coordinates, faces int64 [F, 3])`` as CUDA tensors:
     one vertex per crossed grid edge ordered by edge id, faces ordered by cell, counter-clockwise
-    seen from outside; world mapping bit-identical to :func:`sdk.mcubes.grid_to_world`; NaN/inf
+    seen from outside; world mapping bit-identical to :func:`sdk.generation.mcubes.grid_to_world`; NaN/inf
     samples count as outside. ``active_cells`` (int32/int64 linear ids ``(i*R + j)*R + k``)
     restricts extraction to those cells (hierarchical decoding); equal to the dense result when
     it covers every cell with a sign change. A NumPy / CPU field is moved to ``device`` (default:
@@ -276,7 +276,7 @@ def marching_cubes_cuda(field, level: float = 0.0, box: WorldBox = WorldBox(),
 
 
 def mcubes_backend(field, level: float, box: WorldBox) -> tuple[np.ndarray, np.ndarray]:
-    """An :data:`sdk.mcubes.BACKENDS` entry: (vertices float64, faces int64) as NumPy arrays."""
+    """An :data:`sdk.generation.mcubes.BACKENDS` entry: (vertices float64, faces int64) as NumPy arrays."""
     vertices, faces = marching_cubes_cuda(field, level, box)
     return vertices.cpu().numpy(), faces.cpu().numpy()
 
@@ -284,6 +284,6 @@ def mcubes_backend(field, level: float, box: WorldBox) -> tuple[np.ndarray, np.n
 def __getattr__(name: str):
     # Removed names: a clear message instead of a bare AttributeError for code written against them.
     if name == "register_mcubes_backend":
-        raise AttributeError("sdk.kernels.cuda.register_mcubes_backend was removed: sdk.mcubes has the CUDA "
+        raise AttributeError("sdk.kernels.cuda.register_mcubes_backend was removed: sdk.generation.mcubes has the CUDA "
                              "backend built in (marching_cubes(field, backend='cuda'))")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

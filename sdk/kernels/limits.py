@@ -23,6 +23,7 @@ def cuda_kernel_supports(head_dim: int, block_size: int) -> bool:
 
 
 def check_cuda_sizes(head_dim: int, block_size: Any) -> None:
+    """``ValueError`` unless head dim and block size are sizes the CUDA kernel supports (16/32/64/128)."""
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size not in KERNEL_SIZES:
         raise ValueError(f"block_size must be one of {KERNEL_SIZES}, got {block_size!r}")
     if head_dim not in KERNEL_SIZES:
@@ -30,6 +31,7 @@ def check_cuda_sizes(head_dim: int, block_size: Any) -> None:
 
 
 def check_cpu_sizes(head_dim: int, block_size: Any) -> None:
+    """``ValueError`` unless head dim and block size suit the C++ CPU kernel (multiples of 8 up to its limits)."""
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if block_size % 8 != 0 or block_size > CPU_MAX_BLOCK_SIZE:

@@ -26,6 +26,7 @@ def native_dir(name: str) -> Path:
 
 
 def cpp_ext_dir() -> Path:
+    """Where the kernel sources are: ``$S4D_CPP_EXT_DIR``, else the checkout's or the wheel's ``cpp_ext``."""
     env = os.environ.get("S4D_CPP_EXT_DIR")
     if env:
         return Path(env)
@@ -33,6 +34,7 @@ def cpp_ext_dir() -> Path:
 
 
 def cache_dir() -> Path:
+    """Where built kernels are cached: ``$S4D_CACHE_DIR``, else ``~/.cache/sculpt4d/kernels``."""
     env = os.environ.get("S4D_CACHE_DIR")
     if env:
         return Path(env)
@@ -91,6 +93,7 @@ class LazyNative(Generic[T]):
         self._log: list[str] = []
 
     def note(self, message: str) -> None:
+        """Add a line to the build log (what was tried, and why it failed)."""
         self._log.append(message)
 
     def log(self) -> str:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Dinov2Config, Dinov2Model
 
-from sdk.config import ConditionerConfig
+from sdk.models.config import ConditionerConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,6 +101,7 @@ class DinoImageEncoder(nn.Module):
         _rename_keys(state_dict, prefix + "model.", module._to_native)
 
     def forward(self, images: Tensor) -> Tensor:
+        """DINOv2's ``last_hidden_state`` (CLS + patch tokens) of normalised images."""
         return self.model(pixel_values=images).last_hidden_state
 
 
@@ -120,9 +121,11 @@ class ImageConditioner(nn.Module):
 
     @property
     def num_tokens(self) -> int:
+        """Image tokens per image (see :attr:`ConditionerConfig.num_tokens`)."""
         return self.config.num_tokens
 
     def forward(self, images: Tensor) -> Tensor:
+        """Context tokens ``[N, tokens, width]`` of preprocessed images (see :func:`prepare_images`)."""
         dtype = self.main_image_encoder.model.embeddings.cls_token.dtype
         tokens = self.main_image_encoder(images.to(dtype))
         if not self.config.use_cls_token:
@@ -163,3 +166,7 @@ def prepare_images(images: Tensor, size: int, value_range: tuple[float, float] =
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return (images - mean) / std
+
+
+# the public API; the building blocks above are named for the checkpoint layout and stay internal
+__all__ = ["ImageConditioner", "DinoImageEncoder", "dinov2_config", "prepare_images"]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DiTConfig, TemporalConfig
+from .config import DiTConfig, TemporalConfig
 from ..sparse import SparsePattern, block_sparse_attention
 from .rope import apply_rope, frame_rope_tables
 
@@ -267,6 +267,10 @@ class MoEFeedForward(nn.Module):
 
 
 class Sculpt4DBlock(nn.Module):
+    """One DiT block (SPEC section 3): optional U-skip, spatial self-attention per frame,
+    cross-attention to the frame's image tokens, temporal block-sparse attention across frames,
+    then the FFN (an MoE in the last blocks)."""
+
     def __init__(self, cfg: DiTConfig, index: int):
         super().__init__()
         dim, eps = cfg.hidden_size, cfg.norm_eps
@@ -333,6 +337,7 @@ class Sculpt4DDiT(nn.Module):
 
     @property
     def has_temporal(self) -> bool:
+        """Whether the temporal modules run (False: per-frame Hunyuan3D)."""
         return self.config.temporal.enabled
 
     def set_moe_impl(self, impl: str) -> None:
@@ -368,6 +373,8 @@ class Sculpt4DDiT(nn.Module):
                 moe.impl = impl
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Velocity ``[B, T, P, C]`` of latents ``[B, T, P, C]`` at times ``t [B]`` in [0, 1], given
+        image tokens ``context [B, T, tokens, width]`` (each frame attends its own frame's tokens)."""
         self._check_shapes(latents, t, context)
         B, T, P, C = latents.shape
         x = self.x_embedder(latents.reshape(B * T, P, C))
@@ -397,3 +404,7 @@ class Sculpt4DDiT(nn.Module):
         if self.has_temporal and P % cfg.temporal.block_size:
             raise ValueError(f"latent tokens per frame ({P}) must be a multiple of the temporal block size "
                              f"({cfg.temporal.block_size})")
+
+
+# the public API; the building blocks above are named for the checkpoint layout and stay internal
+__all__ = ["Sculpt4DDiT", "Sculpt4DBlock", "TemporalBlockSparseAttention", "sinusoidal_timestep_embedding", "split_heads_concatenated"]

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdk.config import ConfigError, VAEConfig
+from sdk.models.config import ConfigError, VAEConfig
 
 # Bounds of the log-variance, as in the official DiagonalGaussianDistribution.
 LOGVAR_MIN = -30.0
@@ -283,6 +283,7 @@ class GeometryDecoder(nn.Module):
         return self.output_proj(x).squeeze(-1)
 
     def forward(self, decoded: Tensor, xyz: Tensor) -> Tensor:
+        """The field at query points ``xyz [B, N, 3]`` of decoded latents ``[B, L, width]``."""
         return self.query_with_kv(self.precompute_kv(decoded), xyz)
 
 
@@ -458,6 +459,7 @@ class ShapeVAE(nn.Module):
 
     def forward(self, latents: Tensor) -> Tensor:
         # The official ShapeVAE.forward is its decode.
+        """Same as :meth:`decode` (the official ``ShapeVAE.forward`` is its decode)."""
         return self.decode(latents)
 
     def query(self, decoded: Tensor, xyz: Tensor) -> Tensor:
@@ -492,3 +494,7 @@ class ShapeVAE(nn.Module):
         posterior (training needs both for the KL term)."""
         mean, logvar = self.pre_kl(self.encoder(surface, selection)).chunk(2, dim=-1)
         return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+# the public API; the building blocks above are named for the checkpoint layout and stay internal
+__all__ = ["ShapeVAE", "GeometryDecoder", "LatentKV", "PointSelection", "farthest_point_sampling"]

@@ -183,7 +183,7 @@ def backends_used(reset: bool = False) -> list[str]:
 
 def _warn_cpu_fallback() -> None:
     from ..kernels.cpu import cpu_kernel_unavailable_reason
-    from ..notices import one_line, warn_once
+    from ..core.notices import one_line, warn_once
 
     warn_once("attention-cpu-kernel",
               f"block-sparse attention falls back from the C++ CPU kernel to the torch-blocked path (about 3x "
@@ -194,7 +194,7 @@ def _warn_cpu_fallback() -> None:
 
 def _warn_cuda_fallback() -> None:
     from ..kernels.cuda import cuda_kernels_unavailable_reason
-    from ..notices import one_line, warn_once
+    from ..core.notices import one_line, warn_once
 
     warn_once("attention-cuda-kernel",
               "block-sparse attention falls back from the CUDA kernel to the torch-blocked path: "

@@ -98,6 +98,7 @@ class SparsePattern:
     # -- construction helpers -------------------------------------------------------------
     @classmethod
     def preset(cls, name: str, num_frames: int, blocks_per_frame: int, anchor: bool = True) -> "SparsePattern":
+        """The pattern of a named schedule (``sculpt4d``, ``fixed4``, ``aggressive``, ``conservative``, ``full``)."""
         return cls(num_frames, blocks_per_frame, resolve_schedule(name), anchor)
 
     @classmethod
@@ -115,9 +116,11 @@ class SparsePattern:
     # -- the rule -------------------------------------------------------------------------
     @property
     def num_blocks(self) -> int:
+        """Blocks in the whole sequence (frames x blocks per frame)."""
         return self.num_frames * self.blocks_per_frame
 
     def stride(self, frame_distance: int) -> int:
+        """The stride ``s`` for two frames ``frame_distance`` apart (the schedule's last entry beyond its length)."""
         return self.schedule[min(abs(frame_distance), len(self.schedule) - 1)]
 
     def block_mask(self) -> torch.Tensor:
@@ -149,6 +152,7 @@ class SparsePattern:
         return torch.from_numpy(index.copy()), torch.from_numpy(valid.copy())
 
     def nnz(self) -> int:
+        """How many (query block, key block) pairs are attended."""
         return int(self._mask_np().sum())
 
     def density(self) -> float:
@@ -174,6 +178,7 @@ class SparsePattern:
         return counts.reshape(-1)
 
     def describe(self) -> str:
+        """One line: schedule, anchor, frames, blocks per frame and density."""
         name = schedule_name(self.schedule) or list(self.schedule)
         return (f"{name} schedule={list(self.schedule)} anchor={self.anchor} frames={self.num_frames} "
                 f"blocks/frame={self.blocks_per_frame} density={self.density():.4f}")

@@ -5,7 +5,7 @@
  * (field[i][j][k] at linear index (i*(R+1) + j)*(R+1) + k), positive INSIDE; the surface is the
  * `level` set. A sample is inside when it is finite and > level (compared in double); NaN and
  * +-inf samples are OUTSIDE. For interpolation a non-finite sample takes the value
- * float32(min(level - 1, smallest finite sample)) - exactly what sdk.mcubes' CPU path feeds
+ * float32(min(level - 1, smallest finite sample)) - exactly what sdk.generation.mcubes' CPU path feeds
  * scikit-image - so vertices never become non-finite.
  *
  * Output (written by s4d_mc_cuda_write into caller-allocated device buffers):
@@ -13,7 +13,7 @@
  *             fractional grid index p + t*e_axis, t = (level - f(p)) / (f(p+e_axis) - f(p))
  *             (double), mapped with  world = index / R * (box_max - box_min) + box_min
  *             evaluated in float64 in exactly that order without FMA contraction: bit-identical
- *             to sdk.mcubes.grid_to_world.
+ *             to sdk.generation.mcubes.grid_to_world.
  *   faces     int64 [F, 3] vertex indices; counter-clockwise seen from outside, i.e. the
  *             right-hand-rule normal points from inside (field > level) to outside.
  *
