@@ -221,6 +221,10 @@ def build_engines(frames: Sequence[int], checkpoint: str = "tiny", precision: st
         if name not in manifest["engines"] and os.path.lexists(out / name):
             raise TensorRTError(f"{out / name} exists but {out / MANIFEST} has no entry for it, so nothing proves "
                                 "s4d-export build wrote it; move it away or choose another --engine-dir")
+        if os.path.lexists(out / name) and (os.path.islink(out / name) or not (out / name).is_file()):
+            # found now, not after minutes of export: the engine could never be written there
+            raise TensorRTError(f"{out / name} is not a regular file (a directory or a link took its place); "
+                                "move it away or choose another --engine-dir")
         old = manifest["engines"].get(name)
         reason = stale_reason(old, entry, out / name) or (plugin_stale_reason(trt, plugin, old) if old else None)
         if reason is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -95,12 +96,21 @@ def onnx(
                              external_data=external_data)
     except (ExportError, CheckpointError, PatternError, MissingExtraError) as exc:
         usage_error(str(exc))
+    except OSError as exc:  # a full disk, a read-only directory: nothing half-written is left (atomic)
+        fail_io(f"cannot write the export to {output}", exc)
     if as_json:
         typer.echo(json.dumps(result.manifest, indent=2))
     else:
         for part, path in result.files.items():
             typer.echo(f"{part:<12} {path}")
         typer.echo(f"export.json  {result.directory / 'export.json'}")
+
+
+def fail_io(what: str, exc: OSError) -> None:
+    """One line and exit 1 for an I/O failure while writing (ENOSPC, EROFS, EACCES): not a usage error,
+    and never a traceback."""
+    typer.echo(f"error: {what}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), err=True)
+    raise typer.Exit(code=1)
 
 
 RANDOM_SIZES = ("full", "demo", "tiny")
@@ -112,7 +122,7 @@ def random_checkpoint(
     size: str = typer.Option("full", help="Config size: full (the released 3.4B-parameter DiT, ~7.5 GB in fp16), "
                                           "demo or tiny."),
     dtype: str = typer.Option("fp16", help="fp16, bf16 or fp32."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, help="Random seed, 0 to 2**63 - 1."),
 ) -> None:
     """Write a checkpoint with random weights at a given size, for benchmarks and export checks
     (no public Sculpt4D weights exist). Streamed tensor by tensor: memory stays at one tensor."""
@@ -124,12 +134,16 @@ def random_checkpoint(
         usage_error(f"--size must be one of {', '.join(RANDOM_SIZES)}, got {size!r}")
     if dtype not in DTYPES:
         usage_error(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not 0 <= seed < 1 << 63:
+        usage_error(f"--seed must be between 0 and 2**63 - 1, got {seed}")
+    if os.path.lexists(output):  # a new directory only: random weights never replace anything
+        usage_error(f"--output {output} exists; random-checkpoint writes a new directory only, choose another path")
     configs = [getattr(cls, size)() for cls in (DiTConfig, VAEConfig, ConditionerConfig)]
     try:
         path = write_random_checkpoint(output, *configs, dtype=DTYPES[dtype], seed=seed,
                                        metadata={"size": size})
-    except (CheckpointError, OSError) as exc:
-        usage_error(str(exc))
+    except (CheckpointError, OSError, ValueError) as exc:
+        usage_error(f"cannot write {output}: {exc}")
     total = sum(f.stat().st_size for f in path.iterdir())
     typer.echo(f"{path}  ({total / 1024 ** 3:.2f} GB, {dtype}, random weights, seed {seed})")
 
@@ -164,6 +178,8 @@ def build(
                                block_size=block_size, log=lambda m: typer.echo(m, err=True))
     except (ExportError, CheckpointError, PatternError, TensorRTError, MissingExtraError) as exc:
         usage_error(str(exc))
+    except OSError as exc:
+        fail_io(f"cannot write engines to {engine_dir}", exc)
     typer.echo(f"{len(report.built)} built, {len(report.reused)} reused -> {report.engine_dir}")
 
 

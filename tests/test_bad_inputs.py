@@ -402,8 +402,9 @@ def test_existing_output_without_overwrite_is_kept(tmp_path, clip):
     (target / "mine.txt").write_text("user data")
     res = convert(clip, "-o", tmp_path / "out", "--json")
     assert res.exit_code == 1 and "exists (use --overwrite or --skip-existing)" in summary(res)["clip.mp4"]["error"]
+    # not a conversion of this clip (no manifest names it), so --skip-existing does not pass it off as done
     res = convert(clip, "-o", tmp_path / "out", "--skip-existing", "--json")
-    assert res.exit_code == 0 and summary(res)["clip.mp4"]["status"] == "skipped"
+    assert res.exit_code == 1 and "not an up-to-date conversion of this input" in summary(res)["clip.mp4"]["error"]
     assert snapshot(target) == {"mine.txt": b"user data"}
 
 
@@ -430,11 +431,11 @@ def test_overwrite_replaces_its_own_output_but_not_added_files(tmp_path, clip):
     assert (out / "clip" / "notes.txt").read_text() == "added by the user" and not partials(out)
 
 
-def test_output_under_a_file_fails_the_item(tmp_path, clip):
+def test_output_under_a_file_fails_before_any_clip(tmp_path, clip):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     res = convert(clip, "-o", blocker / "out")
-    assert res.exit_code == 1 and "FAILED" in res.output and blocker.read_text() == "x"
+    assert res.exit_code == 2 and "cannot use --output" in res.output and blocker.read_text() == "x"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
@@ -898,7 +899,7 @@ def test_eval_flags_empty_predicted_frames(fmt, sequences):
     assert "1 of 3 predicted frames are empty" in res.output
 
 
-@pytest.mark.parametrize("extra,needle", [(["--points", "0"], "--points must be >= 1"),
+@pytest.mark.parametrize("extra,needle", [(["--points", "0"], "--points must be between 1 and"),
                                           (["--threshold", "-1"], "--threshold must be a positive number"),
                                           (["--threshold", "nan"], "--threshold must be a positive number"),
                                           (["--scale"], "need --register")],

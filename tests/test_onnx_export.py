@@ -237,7 +237,7 @@ def test_fp16_checkpoint_exports_without_copying_the_dit(tmp_path):
     made = CliRunner().invoke(app, ["random-checkpoint", "-o", str(ckpt), "--size", "tiny", "--seed", "3"])
     assert made.exit_code == 0 and "random weights, seed 3" in made.output, made.output
     again = CliRunner().invoke(app, ["random-checkpoint", "-o", str(ckpt), "--size", "tiny"])
-    assert again.exit_code == 2 and "already exists" in again.output  # never replaced
+    assert again.exit_code == 2 and "writes a new directory only" in again.output  # never replaced
     from sdk.models.checkpoint import load_checkpoint, state_dict_hash
 
     recorded = json.loads((ckpt / "sculpt4d.json").read_text())["hashes"]

@@ -114,7 +114,8 @@ def test_convert_cli_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")
     res = CliRunner().invoke(app, [str(video), "-o", str(blocker / "out"), *CLI_FAST])
-    assert res.exit_code == 1 and "FAILED" in res.output
+    # found before the model loads and before any clip runs (issue 32: fail fast)
+    assert res.exit_code == 2 and "cannot use --output" in res.output and blocker.read_text().startswith("a file")
 
 
 def test_convert_cli_usage_errors(tmp_path, monkeypatch):

@@ -14,15 +14,17 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import stat
 import tempfile
 import threading
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, List
 
 from ..generation.settings import RunSettings
-from .storage import child_uri, local_path, open_remote, remote_output_state, scheme_of
+from .storage import answered_within, child_uri, local_path, open_remote, remote_output_state, scheme_of
 
 RAN_KEYS = ("attention_backend", "mcubes_backend", "matting", "threads", "fallbacks")
 
@@ -40,6 +42,8 @@ class Item:
     seconds: float = 0.0
     # what ran: attention_backend, mcubes_backend, matting, threads, fallbacks (also in the manifest)
     ran: dict | None = None
+    # requested files that could not be written (a preview that failed; the meshes are there)
+    not_written: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,10 @@ def safe_output_name(stem: str) -> str:
 
 def _classify(raw: str) -> List[Item]:
     """One path argument (or glob match) -> items; raises OSError if a directory cannot be listed."""
-    from ..inputs.frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, broken_link_reason
+    from ..inputs.frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, broken_link_reason, special_file_reason
 
     path = Path(raw)
-    link = broken_link_reason(path)
+    link = broken_link_reason(path) or special_file_reason(path)
     if link:
         return [Item(raw, path.stem or raw, status="failed",
                      error=f"{raw!r} is {link}; expected a video file or a directory")]
@@ -88,8 +92,9 @@ def _classify(raw: str) -> List[Item]:
     items = [Item(str(v), v.stem) for v in videos]
     if frames_dir:
         items.append(Item(str(path), label))
-    for child in children:  # unresolvable links are reported, not skipped silently
-        link = broken_link_reason(child)
+    for child in children:  # unresolvable links and FIFOs, sockets, devices are reported, not skipped silently
+        link = broken_link_reason(child) or (special_file_reason(child)
+                                             if child.suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS else None)
         if link and not (frames_dir and child.suffix.lower() in IMAGE_EXTENSIONS):  # those fail the frames item
             items.append(Item(str(child), child.stem or child.name, status="failed",
                               error=f"{link} inside input directory {raw!r}; skipped"))
@@ -115,16 +120,17 @@ def _classify_remote(uri: str) -> List[Item]:
     return [Item(v, uri_stem(v)) for v in videos]
 
 
-def expand_inputs(inputs: List[str]) -> List[Item]:
+def expand_inputs(inputs: List[str], connect_timeout: float = 30.0) -> List[Item]:
     """Globs, directories of videos (one item per video), directories of frames (one item), plain
-    files, ``file://`` URIs and object-store URIs (one video or a prefix of videos). Unusable
+    files, ``file://`` URIs and object-store URIs (one video or a prefix of videos; an object store
+    that does not answer within ``connect_timeout`` seconds fails that argument). Unusable
     arguments become failed items, so the batch still runs."""
     items: List[Item] = []
     for raw in inputs:
         try:
             path = local_path(raw)
             if path is None:
-                items.extend(_classify_remote(raw))
+                items.extend(answered_within(lambda: _classify_remote(raw), connect_timeout, raw))
                 continue
             raw = str(path) if scheme_of(raw) else raw  # file:///x/a.mp4 -> /x/a.mp4
             if not os.path.lexists(raw) and any(c in raw for c in "*?["):
@@ -138,19 +144,129 @@ def expand_inputs(inputs: List[str]) -> List[Item]:
         except (OSError, RuntimeError, ValueError) as exc:  # unreadable directory, a loop, a bad URI
             items.append(Item(raw, Path(raw).name or raw, status="failed",
                               error=f"cannot read {raw!r}: {getattr(exc, 'strerror', None) or exc}"))
-    seen: dict[str, int] = {}
-    for item in items:  # a.mp4 and a.mov must not share an output directory
-        item.name = safe_output_name(item.name)
-        count = seen.get(item.name, 0)
-        seen[item.name] = count + 1
-        if count:
-            item.name = f"{item.name}-{count}"
+    assign_output_names(items)
     return items
+
+
+def canonical_input(raw: str) -> str:
+    """What identifies an input across arguments and runs: the real absolute path of a local file or
+    directory (``a.mp4``, ``./a.mp4`` and a link to it are one input), the URI of a remote one."""
+    try:
+        path = local_path(raw)
+    except ValueError:
+        return raw
+    return raw if path is None else os.path.realpath(path)
+
+
+def _name_key(name: str) -> str:
+    # case-insensitive and NFC-normalised: "A" and "a", "é" composed and decomposed, are one
+    # directory on macOS, Windows and in most object stores
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def assign_output_names(items: List[Item]) -> None:
+    """Give every item its output directory name: ONE deterministic, collision-free mapping from
+    the whole input set, independent of argument order. The same input named twice converts once
+    (the repeat is ``skipped``). A name shared by several inputs (``a.mp4``, ``a.mkv``, ``dir/a.mp4``)
+    stays with the first of them in path order; the others get ``-2``, ``-3``, ... and a suffixed
+    name is never one that any input of the run has as its own name (``a-2.mkv``) or in another
+    spelling of case or Unicode normalisation."""
+    first_of: dict[str, Item] = {}
+    repeats: list[tuple[Item, Item]] = []
+    for item in items:
+        item.name = safe_output_name(item.name)
+        if item.status != "pending":  # failed while expanding: no output
+            continue
+        key = canonical_input(item.input)
+        if key in first_of:
+            repeats.append((item, first_of[key]))
+            item.status, item.error = "skipped", f"the same input as {first_of[key].input!r}"
+        else:
+            first_of[key] = item
+    groups: dict[str, list[Item]] = {}
+    for item in first_of.values():
+        groups.setdefault(_name_key(item.name), []).append(item)
+    taken = set(groups)  # every input's own name is reserved for it
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda i: (canonical_input(i.input), i.input))
+        for n, item in enumerate(members[1:], 2):
+            while _name_key(f"{item.name}-{n}") in taken:
+                n += 1
+            item.name = f"{item.name}-{n}"
+            taken.add(_name_key(item.name))
+    for repeat, first in repeats:
+        repeat.name = first.name
 
 
 # --------------------------------------------------------------------------------------------
 # 2. plan
 # --------------------------------------------------------------------------------------------
+
+
+def input_identity(raw: str) -> dict[str, Any]:
+    """What the manifest records about the input it was made from: ``path`` (see
+    :func:`canonical_input`) and, for a local input, its size in bytes (a frame directory: of its
+    files) and modification time."""
+    identity: dict[str, Any] = {"path": canonical_input(raw)}
+    path = local_path(raw) if scheme_of(raw) in (None, "file") else None
+    try:
+        info = os.stat(path) if path is not None else None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            sizes = [e.stat().st_size for e in os.scandir(path) if e.is_file()]
+            identity.update(size=sum(sizes), files=len(sizes), mtime_ns=info.st_mtime_ns)
+        elif info is not None:
+            identity.update(size=info.st_size, mtime_ns=info.st_mtime_ns)
+    except OSError:
+        pass
+    return identity
+
+
+def output_owner(manifest: Any, item: Item) -> tuple[str, str]:
+    """Whose conversion an existing output is, from its manifest: ``("this", "")`` (this input,
+    unchanged since), ``("changed", why)`` (this input, modified since), ``("other", input)`` (another
+    input) or ``("unknown", why)``. Outputs from before inputs were recorded name their ``source``."""
+    if not isinstance(manifest, dict):
+        return "unknown", "its manifest is not a JSON object"
+    recorded = manifest.get("input")
+    if not isinstance(recorded, dict):  # an older output: only the source path is known
+        source = manifest.get("source")
+        if not isinstance(source, str) or not source:
+            return "unknown", "its manifest does not name its input"
+        same = canonical_input(source) == canonical_input(item.input)
+        return ("this", "") if same else ("other", source)
+    if recorded.get("path") != canonical_input(item.input):
+        return "other", str(recorded.get("path"))
+    now = input_identity(item.input)
+    changed = [k for k in ("size", "files", "mtime_ns") if k in recorded and recorded.get(k) != now.get(k)]
+    if changed:
+        return "changed", f"the input changed since ({', '.join(changed)} differ)"
+    return "this", ""
+
+
+def _existing_owner(item: Item, read_manifest: Callable[[], Any]) -> tuple[str, str]:
+    try:
+        return output_owner(read_manifest(), item)
+    except FileNotFoundError:
+        return "unknown", "it has no manifest.json"
+    except (OSError, ValueError) as exc:
+        return "unknown", f"its manifest is unreadable ({exc})"
+
+
+def _settle_existing(item: Item, owner: tuple[str, str], options: OutputOptions) -> None:
+    """Skip, refuse or (``--overwrite``) replace an output that exists, by whose it is."""
+    kind, detail = owner
+    if kind == "other":
+        item.status, item.error = "failed", (
+            f"output {item.output} holds the conversion of another input ({detail}); nothing was replaced "
+            "(choose another -o, or move one of the two)")
+    elif options.skip_existing and kind == "this":
+        item.status = "skipped"
+    elif options.skip_existing and not options.overwrite:
+        item.status, item.error = "failed", (
+            f"output {item.output} exists but is not an up-to-date conversion of this input: {detail} "
+            "(--overwrite redoes it, if it is an earlier s4d-convert output)")
+    elif not options.overwrite:
+        item.status, item.error = "failed", f"output {item.output} exists (use --overwrite or --skip-existing)"
 
 
 def overlapping_input(target: Path, inputs: List[str], frame_dirs: List[str]) -> str | None:
@@ -179,6 +295,7 @@ def plan_items(items: List[Item], outdir: str, inputs: List[str], options: Outpu
     ``skipped`` (``--skip-existing``), ``failed`` (the output exists and may not be replaced, or it
     overlaps an input). Items left ``pending`` are to be converted."""
     from ..core.atomic import check_target
+    from ..core.jsonfile import loads_limited, read_json
     from ..outputs.meshseq import OutputExistsError, written_sequence
 
     def existing_local(raw: str) -> str | None:
@@ -193,27 +310,28 @@ def plan_items(items: List[Item], outdir: str, inputs: List[str], options: Outpu
     frame_dirs = [i.input for i in items if i.status != "failed" and scheme_of(i.input) is None and Path(i.input).is_dir()]
     root = open_remote(outdir) if local_path(outdir) is None else None  # one connection for every item
     for item in items:
+        if item.status == "skipped" and not item.output:  # a repeat of another argument: its output
+            item.output = output_location(outdir, item.name)
         if item.status != "pending":
             continue
         item.output = output_location(outdir, item.name)
         target = local_path(item.output)
         if root is not None:  # an object store: manifest.json is the completion mark
-            state, why = remote_output_state(root.child(item.name))
+            remote = root.child(item.name)
+            state, why = remote_output_state(remote)
             if state == "foreign":
                 item.status, item.error = "failed", f"refusing to write {item.output}: {why}"
-            elif state == "complete" and options.skip_existing:
-                item.status = "skipped"
-            elif state == "complete" and not options.overwrite:
-                item.status, item.error = "failed", f"output {item.output} exists (use --overwrite or --skip-existing)"
+            elif state == "complete":
+                manifest = lambda: loads_limited(remote.read_bytes("manifest.json"), f"{item.output}/manifest.json")
+                _settle_existing(item, _existing_owner(item, manifest), options)
             continue  # "partial": a killed upload of ours, redone
         overlap = overlapping_input(target, local_inputs, frame_dirs)
         if overlap:
             item.status, item.error = "failed", f"refusing to write output {target}: {overlap}; choose another -o"
-        elif os.path.lexists(target) and options.skip_existing:
-            item.status = "skipped"
-        elif os.path.lexists(target) and not options.overwrite:
-            item.status, item.error = "failed", f"output {target} exists (use --overwrite or --skip-existing)"
-        elif options.overwrite:
+            continue
+        if os.path.lexists(target):
+            _settle_existing(item, _existing_owner(item, lambda: read_json(target / "manifest.json")), options)
+        if item.status == "pending" and options.overwrite:
             try:  # fail now, not after minutes of work, if the target is not ours to replace
                 check_target(target, True, written_sequence, OutputExistsError)
             except ValueError as exc:
@@ -296,6 +414,7 @@ def convert_one(generator, item: Item, settings: RunSettings, options: OutputOpt
         seq = call_with_timeout(generate, options.timeout)
         if scheme_of(item.input) not in (None, "file"):
             seq.source = item.input  # not the temporary download
+        seq.input_identity = input_identity(item.input)
         save = dict(formats=options.formats, animated_glb=options.sequence_glb, preview=options.preview,
                     viewer=options.viewer)
         target = local_path(item.output)
@@ -307,10 +426,9 @@ def convert_one(generator, item: Item, settings: RunSettings, options: OutputOpt
                 upload_directory(Path(tmp) / "clip", open_remote(item.output), overwrite=options.overwrite)
         item.status, item.frames = "ok", len(seq)
         item.ran = {key: seq.settings.get(key) for key in RAN_KEYS}
+        item.not_written = seq.stats.get("not_written") or None
     except OutputExistsError as exc:  # it was absent when this item was planned
-        item.status, item.error = "failed", str(exc) if options.overwrite else (
-            f"output {item.output} appeared meanwhile (another run wrote it while this one worked); nothing was "
-            "replaced (use --overwrite to replace it)")
+        item.status, item.error = "failed", str(exc) if options.overwrite else _appeared_meanwhile(item)
     except ClipTimeout as exc:
         item.status, item.error = "failed", str(exc)
     except (ValueError, OSError, RuntimeError) as exc:
@@ -324,6 +442,18 @@ def convert_one(generator, item: Item, settings: RunSettings, options: OutputOpt
     return item
 
 
+def _appeared_meanwhile(item: Item) -> str:
+    """Why the publish found its target taken: say whose output it is, when the manifest tells."""
+    from ..core.jsonfile import read_json
+
+    target = local_path(item.output)
+    kind, detail = ("unknown", "") if target is None else _existing_owner(item, lambda: read_json(target / "manifest.json"))
+    whose = {"other": f"the conversion of another input ({detail})", "this": "a conversion of this same input"}.get(
+        kind, "something")
+    return (f"output {item.output} appeared meanwhile, holding {whose}: another run wrote it while this one worked; "
+            "nothing was replaced (use --overwrite to replace it)")
+
+
 # --------------------------------------------------------------------------------------------
 # reporting
 # --------------------------------------------------------------------------------------------
@@ -332,9 +462,10 @@ def convert_one(generator, item: Item, settings: RunSettings, options: OutputOpt
 def report_line(item: Item) -> str:
     """One line for the terminal: ``ok``, ``skipped`` or ``FAILED`` with the input and what happened."""
     if item.status == "ok":
-        return f"ok      {item.input} -> {item.output} ({item.frames} meshes, {item.seconds:.1f} s)"
+        missing = "".join(f"; {name} NOT written ({why})" for name, why in (item.not_written or {}).items())
+        return f"ok      {item.input} -> {item.output} ({item.frames} meshes, {item.seconds:.1f} s){missing}"
     if item.status == "skipped":
-        return f"skipped {item.input}: {item.output} exists"
+        return f"skipped {item.input}: {item.error or f'{item.output} exists'}"
     return f"FAILED  {item.input}: {item.error}"
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import re
 import signal
 import socket
@@ -63,6 +64,7 @@ class ClusterOptions:
     retries: int = 1  # retries of a clip whose worker process died
     threads: int | None = None  # torch intra-op threads per actor (default: Ray's, = cpus_per_worker)
     accelerator_type: str | None = None  # place actors only on this GPU type (e.g. "H100")
+    connect_timeout: float = 30.0  # seconds to reach a cluster's address before giving up
 
 
 def check_cluster_options(cluster: ClusterOptions, inputs: List[str], model: str) -> None:
@@ -92,14 +94,31 @@ def check_cluster_options(cluster: ClusterOptions, inputs: List[str], model: str
     require("ray", "s4d-convert --ray")
 
 
-def _connect(address: str):
+def _check_reachable(address: str, timeout: float) -> None:
+    """A TCP connection to the cluster's ``HOST:PORT`` within ``timeout`` seconds, or ``ClusterError``:
+    ``ray.init`` itself retries an unreachable address without end."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (getattr(exc, "strerror", None) or str(exc))
+        raise ClusterError(f"cannot reach the Ray cluster at {address} within {timeout:g} s ({why}); check the "
+                           "address, or raise --connect-timeout") from None
+
+
+def _connect(address: str, connect_timeout: float = 30.0):
     """``ray.init`` for ``address``; returns (ray, the address joined, or None for a local cluster
-    started here)."""
+    started here). A remote address must accept a TCP connection within ``connect_timeout``."""
     import logging
 
     import ray
 
     target = os.environ.get("RAY_ADDRESS") if address == LOCAL else address
+    if target and target not in (LOCAL, "local"):
+        _check_reachable(target, connect_timeout)
     started_here = not target
     kwargs: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
     if started_here:  # a private single-machine cluster: no dashboard, every core
@@ -200,7 +219,15 @@ def _actors_that_fit(nodes: list[dict], cpus: float, gpus: float) -> int:
 def _check_fit(ray, cluster: ClusterOptions, gpus: float, device: str | None) -> None:
     if gpus == 0 and (device or "").startswith("cuda"):
         raise ClusterError(f"--device {device} needs a GPU per worker; pass --gpus-per-worker (e.g. 1 or 0.5)")
-    fit = _actors_that_fit(ray.nodes(), cluster.cpus_per_worker, gpus)
+    nodes = ray.nodes()
+    if cluster.accelerator_type:  # Ray would otherwise wait, silently, for a node that never comes
+        label = f"accelerator_type:{cluster.accelerator_type}"
+        types = sorted({key.split(":", 1)[1] for node in nodes if node.get("Alive", True)
+                        for key in node.get("Resources", {}) if key.startswith("accelerator_type:")})
+        if not any(label in node.get("Resources", {}) for node in nodes if node.get("Alive", True)):
+            raise ClusterError(f"no node of the Ray cluster has GPU type {cluster.accelerator_type!r} (--accelerator-type); "
+                               f"its nodes have {', '.join(types) if types else 'no GPUs'}")
+    fit = _actors_that_fit(nodes, cluster.cpus_per_worker, gpus)
     if fit < cluster.workers:
         need = f"{cluster.cpus_per_worker:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
         raise ClusterError(f"the Ray cluster's nodes hold {fit} workers of {need} each, not the {cluster.workers} "
@@ -215,28 +242,43 @@ def convert_on_ray(items: List[Item], model: str, backend: str, device: str | No
     could load the model) for the summary. Raises ``ClusterError`` when the cluster cannot be
     reached or cannot hold the workers."""
     pending = [(index, item) for index, item in enumerate(items) if item.status == "pending"]
-    # Ray prints raylet notices (a worker died, a task is retried) on sys.stdout, which belongs to
-    # --json: while Ray runs, stdout is stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        t0 = time.perf_counter()
-        ray, joined = _connect(cluster.address)
-        connect_s = time.perf_counter() - t0
-        try:
-            available = ray.cluster_resources()
-            gpus = _gpus_per_worker(cluster, device, available)
-            _check_fit(ray, cluster, gpus, device)
-            info: dict[str, Any] = {
-                "address": joined or "local", "workers": cluster.workers,
-                "gpus_per_worker": gpus, "cpus_per_worker": cluster.cpus_per_worker, "retries": cluster.retries,
-                "cluster_resources": {k: available[k] for k in ("CPU", "GPU") if k in available},
-                "connect_s": round(connect_s, 3)}
-            if pending:
-                info.update(_run_pipeline(ray, pending, items, model, backend, device if gpus or device else "cpu",
-                                          settings, options, cluster, gpus, on_result, progress))
-            info["total_s"] = round(time.perf_counter() - t0, 3)
-            return info
-        finally:
-            ray.shutdown()  # stops the cluster we started; disconnects from one we joined
+    # Ray prints raylet notices (a worker died, a task is retried, with the worker's whole
+    # traceback) on sys.stdout, which belongs to --json. They go to a log file instead, named in the
+    # summary (``driver_log``): every clip's fate is reported by this command, in one line each.
+    log_path = Path(tempfile.gettempdir()) / f"s4d-ray-driver-{os.getpid()}.log"
+    try:
+        with open(log_path, "a", encoding="utf-8") as driver_log, contextlib.redirect_stdout(driver_log):
+            info = _convert_on_ray(items, pending, model, backend, device, settings, options, cluster, on_result,
+                                   progress)
+    finally:
+        if log_path.exists() and not log_path.stat().st_size:
+            log_path.unlink()
+    if log_path.exists():
+        info["driver_log"] = str(log_path)
+    return info
+
+
+def _convert_on_ray(items, pending, model, backend, device, settings, options, cluster, on_result, progress) -> dict:
+    """``convert_on_ray``'s work, with stdout already redirected to the driver log."""
+    t0 = time.perf_counter()
+    ray, joined = _connect(cluster.address, cluster.connect_timeout)
+    connect_s = time.perf_counter() - t0
+    try:
+        available = ray.cluster_resources()
+        gpus = _gpus_per_worker(cluster, device, available)
+        _check_fit(ray, cluster, gpus, device)
+        info: dict[str, Any] = {
+            "address": joined or "local", "workers": cluster.workers,
+            "gpus_per_worker": gpus, "cpus_per_worker": cluster.cpus_per_worker, "retries": cluster.retries,
+            "cluster_resources": {k: available[k] for k in ("CPU", "GPU") if k in available},
+            "connect_s": round(connect_s, 3)}
+        if pending:
+            info.update(_run_pipeline(ray, pending, items, model, backend, device if gpus or device else "cpu",
+                                      settings, options, cluster, gpus, on_result, progress))
+        info["total_s"] = round(time.perf_counter() - t0, 3)
+        return info
+    finally:
+        ray.shutdown()  # stops the cluster we started; disconnects from one we joined
 
 
 def _run_pipeline(ray, pending, items, model, backend, device, settings, options, cluster, gpus, on_result,

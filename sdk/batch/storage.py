@@ -22,12 +22,17 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import quote, unquote, urlparse
 
 from ..core.atomic import files_in
+from ..core.jsonfile import loads_limited
+
+T = TypeVar("T")
+ABANDONED = 0  # object-store calls given up on (still blocked in their threads)
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 UPLOAD_MARKER = ".s4d-upload.json"
@@ -55,14 +60,18 @@ def local_path(name: str | os.PathLike) -> Path | None:
     """The local path a plain path or ``file://`` URI names; None for an object-store URI."""
     scheme = scheme_of(str(name))
     if scheme is None:
-        return Path(name)
-    if scheme != "file":
+        path = Path(name)
+    elif scheme != "file":
         return None
-    parsed = urlparse(str(name))
-    if parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"{name}: a file:// URI names a path on this machine (file:///abs/path), "
-                         f"not on host {parsed.netloc!r}")
-    return Path(unquote(parsed.path))
+    else:
+        parsed = urlparse(str(name))
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"{name}: a file:// URI names a path on this machine (file:///abs/path), "
+                             f"not on host {parsed.netloc!r}")
+        path = Path(unquote(parsed.path))
+    if "\x00" in str(path):  # no filesystem call accepts it; say so instead of failing deep inside
+        raise ValueError(f"{str(name)!r} contains a NUL byte (from %00 in a URI?); not a usable path")
+    return path
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,83 @@ def open_remote(uri: str) -> Remote:
     return Remote(fs, path.rstrip("/"), uri)
 
 
+def answered_within(fn: Callable[[], T], seconds: float, what: str) -> T:
+    """``fn()``, or ``ValueError`` when it has not returned within ``seconds``: an object store that
+    accepts connections and never answers would otherwise hold the command for minutes (pyarrow's
+    own retries). ``fn`` runs in a daemon thread, abandoned on a timeout."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="s4d-object-store", daemon=True).start()
+    if not done.wait(seconds):
+        global ABANDONED
+        ABANDONED += 1  # the CLIs end the process at once: pyarrow would wait for the request at exit
+        raise ValueError(f"{what}: no answer within {seconds:g} s (raise --connect-timeout for a slow store)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def check_writable(outdir: str, timeout: float = 30.0) -> None:
+    """Fail before any clip is converted when ``outdir`` cannot take outputs: a local directory (or
+    its nearest existing parent) that cannot be written, an object-store bucket that does not exist,
+    cannot be reached, does not answer within ``timeout`` seconds or refuses a write. ``ValueError``
+    saying which."""
+    path = local_path(outdir)
+    if path is not None:
+        created = []  # made for the probe and removed again: a run that fails early leaves no trace
+        missing = path
+        while not os.path.lexists(missing) and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
+        try:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"cannot create {path}: {exc.strerror or exc}") from None
+            try:  # a real write: os.access says yes to root on a read-only mount's permission bits
+                fd, probe = tempfile.mkstemp(prefix=".s4d-write-probe-", dir=path)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as exc:
+                raise ValueError(f"cannot write into {path}: {exc.strerror or exc}") from None
+        finally:
+            for directory in created:  # deepest first; only what this call made, and only if empty
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break
+        return
+    answered_within(lambda: _check_remote_writable(outdir), timeout, f"the object store of {outdir}")
+
+
+def _check_remote_writable(outdir: str) -> None:
+    from pyarrow.fs import FileType
+
+    target = open_remote(outdir)
+    bucket = target.path.split("/", 1)[0]
+    try:
+        info = target.fs.get_file_info(bucket)
+    except OSError as exc:
+        raise ValueError(f"cannot reach the object store of {outdir}: {str(exc).splitlines()[0][:300]}") from None
+    if info.type == FileType.NotFound:
+        raise ValueError(f"the bucket {bucket!r} of {outdir} does not exist (or these credentials cannot see it)")
+    probe = f".s4d-write-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        target.write_bytes(probe, b"")
+        target.fs.delete_file(f"{target.path}/{probe}")
+    except OSError as exc:
+        raise ValueError(f"cannot write into {outdir}: {str(exc).splitlines()[0][:300]}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs in an object store
 # --------------------------------------------------------------------------------------------
@@ -122,7 +208,7 @@ def open_remote(uri: str) -> Remote:
 def _listed(target: Remote, name: str, tag: str) -> set[str] | None:
     """The files a manifest/marker of ours lists, or None if it is not one (unreadable, other tag)."""
     try:
-        data = json.loads(target.read_bytes(name))
+        data = loads_limited(target.read_bytes(name), f"{target.uri}/{name}")
         return {str(f) for f in data["files"]} if data.get("format") == tag else None
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None

@@ -1,5 +1,8 @@
 """Command-line entry points of the SDK (s4d-convert, s4d-eval; s4d-export lives in export/)."""
 
+import os
+import sys
+
 import typer
 
 
@@ -14,7 +17,21 @@ def run(app: typer.Typer) -> None:
     from ..core.extras import MissingExtraError
 
     try:
-        app()
-    except MissingExtraError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
+        try:
+            app()
+        except MissingExtraError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise SystemExit(2) from None
+    except SystemExit as exc:
+        _exit_now_if_work_was_abandoned(exc.code)
+        raise
+
+
+def _exit_now_if_work_was_abandoned(code) -> None:
+    """After an object-store call was given up on (``sdk.batch.storage.answered_within``), end the
+    process at once: pyarrow's S3 shutdown would wait for that request at exit, for minutes."""
+    storage = sys.modules.get("sdk.batch.storage")
+    if storage is not None and getattr(storage, "ABANDONED", 0):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)

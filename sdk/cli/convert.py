@@ -35,6 +35,7 @@ from . import run, usage_error
 # everything heavy is imported inside the functions that do work.
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
+MAX_TIMEOUT = 7 * 24 * 3600  # seconds; threading timers overflow on larger values
 OPTION_LABELS = {"num_frames": "--frames", "steps": "--steps", "guidance": "--guidance", "resolution": "--resolution",
                  "matting": "--matting", "start": "--start", "end": "--end", "seed": "--seed",
                  "decode": "--decode", "noise": "--noise"}
@@ -42,7 +43,7 @@ OPTION_LABELS = {"num_frames": "--frames", "steps": "--steps", "guidance": "--gu
 
 @app.command(help=__doc__)
 def convert(
-    inputs: List[str] = typer.Argument(..., help="Video files, globs, directories of videos, or directories of "
+    inputs: Optional[List[str]] = typer.Argument(None, help="Video files, globs, directories of videos, or directories of "
                                                  "frames (png/jpg/webp); also file:// and object-store URIs "
                                                  "(s3://bucket/clip.mp4 or a prefix of videos)."),
     outdir: str = typer.Option(..., "--output", "-o", help="Output directory, or a file:// / s3:// / gs:// URI; "
@@ -71,15 +72,19 @@ def convert(
     noise: str = typer.Option("shared", help="Initial noise: shared (one tensor for all frames) or independent."),
     start: Optional[float] = typer.Option(None, help="Start time in seconds (videos)."),
     end: Optional[float] = typer.Option(None, help="End time in seconds (videos)."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output directory exists "
-                                       "(in an object store: whose manifest.json exists)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output holds their "
+                                       "up-to-date conversion (its manifest.json names this input, same size and "
+                                       "modification time); any other existing output is reported, not replaced."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output directories (only ones "
                                 "s4d-convert wrote)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads for torch's intra-op work and "
                                           "the C++ attention kernel [default: torch's, one per physical core; "
                                           "$OMP_NUM_THREADS if set]."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds one clip may take; a clip past it "
-                                            "fails with 'timed out' and its partial output is removed."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds one clip may take, at most "
+                                            f"{MAX_TIMEOUT} (a week); a clip past it fails with 'timed out' and its "
+                                            "partial output is removed."),
+    connect_timeout: float = typer.Option(30.0, "--connect-timeout", help="Seconds to wait for a network service "
+                                          "(the --ray cluster's address) before failing, 0.1 to 3600."),
     ray_address: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
                                               help="Convert on a Ray cluster (needs the [ray] extra): --ray alone "
                                               "uses $RAY_ADDRESS, else starts a local cluster; --ray=ADDRESS "
@@ -109,16 +114,24 @@ def convert(
     from ..batch.clips import plan_items, summarize
     from ..outputs.meshseq import check_formats
     from ..generation.settings import BACKENDS, GeneratorError, RunSettings
-    from ..batch.storage import local_path
+    from ..batch.storage import check_writable, local_path
     from ..inputs.matting import MATTING_METHODS
 
     # 1. options, all checked before anything loads
+    if not inputs:
+        if ray_address is not None and ray_address not in ("auto", "local") and (
+                os.path.lexists(ray_address) or Path(ray_address).suffix):
+            usage_error(f"missing INPUTS: --ray took {ray_address!r} as the cluster address; put --ray after the "
+                        "inputs, or write --ray=ADDRESS")
+        usage_error("missing INPUTS: give at least one video, directory, glob or URI")
     if skip_existing and overwrite:
         usage_error("--skip-existing and --overwrite exclude each other")
     if threads is not None and not 1 <= threads <= 1024:
         usage_error(f"--threads must be between 1 and 1024, got {threads}")
-    if timeout is not None and not timeout > 0:
-        usage_error(f"--timeout must be a positive number of seconds, got {timeout}")
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan and inf
+        usage_error(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT}], got {timeout}")
+    if not 0.1 <= connect_timeout <= 3600:
+        usage_error(f"--connect-timeout must be between 0.1 and 3600 seconds, got {connect_timeout}")
     for option, value, allowed in (("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
         if value is not None and value not in allowed:
             usage_error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
@@ -134,12 +147,16 @@ def convert(
         usage_error(str(exc))
     if local_out is not None and os.path.lexists(local_out) and not local_out.is_dir():
         usage_error(f"--output {outdir} exists and is not a directory")
+    try:  # now, not after the first clip: a read-only directory, a missing bucket
+        check_writable(outdir, connect_timeout)
+    except (OSError, ValueError) as exc:
+        usage_error(f"cannot use --output {outdir}: {exc}")
     cluster = None
     if ray_address is not None:
         from ..batch.distributed import ClusterError, ClusterOptions, check_cluster_options
 
         cluster = ClusterOptions(ray_address, workers, gpus_per_worker, cpus_per_worker, retries, threads,
-                                 accelerator_type)
+                                 accelerator_type, connect_timeout)
         try:
             check_cluster_options(cluster, inputs, model)
         except ClusterError as exc:
@@ -161,7 +178,7 @@ def convert(
             usage_error(f"model {model!r} was exported for {fixed} frames; pass --frames {fixed} or export another")
 
     # 3. inputs and outputs
-    items = expand_inputs(inputs)
+    items = expand_inputs(inputs, connect_timeout)
     if local_out is not None:
         for stale in clean_stale_partials(local_out):
             typer.echo(f"removed {stale}: the temporary output of a run that was killed", err=True)
@@ -197,6 +214,9 @@ def convert(
     else:
         typer.echo(f"{summary['succeeded']} converted, {summary['skipped']} skipped, {summary['failed']} failed "
                    f"-> {outdir}", err=True)
+        if extra.get("ray", {}).get("driver_log"):
+            typer.echo(f"Ray's own notices (worker restarts and their tracebacks): {extra['ray']['driver_log']}",
+                       err=True)
     raise typer.Exit(code=2 if setup_failed else 1 if summary["failed"] else 0)
 
 

@@ -23,6 +23,10 @@ import typer
 from ..outputs.meshseq import MESH_FORMATS  # also the preference order when a frame exists in several
 from . import run, usage_error
 
+# upper bounds of the size options: beyond them the samples or voxels alone take gigabytes
+MAX_POINTS = 2_000_000
+MAX_IOU_RESOLUTION = 512
+
 _FRAME_RE = re.compile(r"^frame_(\d+)\.(" + "|".join(MESH_FORMATS) + r")$", re.IGNORECASE)
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
@@ -149,17 +153,19 @@ def evaluate(
     per_frame: bool = typer.Option(False, "--per-frame-registration", help="With --register: one transform "
                                    "per frame instead of one for the sequence."),
     with_scale: bool = typer.Option(False, "--scale", help="With --register: also fit a uniform scale."),
-    points: int = typer.Option(50_000, "--points", help="Surface samples per frame and side."),
+    points: int = typer.Option(50_000, "--points", help=f"Surface samples per frame and side, 1 to {MAX_POINTS}."),
     threshold: float = typer.Option(0.01, "--threshold", help="F-score distance threshold, world units."),
-    iou_resolution: int = typer.Option(64, "--iou-resolution", help="Voxel IoU grid resolution over the box."),
+    iou_resolution: int = typer.Option(64, "--iou-resolution", help="Voxel IoU grid resolution over the box, 1 to "
+                                       f"{MAX_IOU_RESOLUTION}."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table."),
 ) -> None:
     from ..evaluation.metrics import evaluate_sequence
 
-    for option, value, low in (("--points", points, 1), ("--iou-resolution", iou_resolution, 1)):
-        if value < low:
-            usage_error(f"{option} must be >= {low}, got {value}")
+    for option, value, high in (("--points", points, MAX_POINTS), ("--iou-resolution", iou_resolution,
+                                                                     MAX_IOU_RESOLUTION)):
+        if not 1 <= value <= high:  # beyond: gigabytes of samples or voxels before the first number
+            usage_error(f"{option} must be between 1 and {high}, got {value}")
     if not (threshold > 0 and math.isfinite(threshold)):
         usage_error(f"--threshold must be a positive number, got {threshold}")
     if (per_frame or with_scale) and not register:

@@ -37,6 +37,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from .jsonfile import JSONFileError, read_json
+
 # Read once at import (os.umask can only be read by setting it, which is process-wide).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -66,10 +68,12 @@ def written_by_us(directory: Path, manifest: str, format_tag: str,
     if directory.is_symlink() or not directory.is_dir():
         return f"{directory} is not a directory"
     try:
-        data = json.loads((directory / manifest).read_text())
+        data = read_json(directory / manifest)
     except FileNotFoundError:
         return f"{directory} has no {manifest}"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except JSONFileError as exc:
+        return f"{directory / manifest} is unreadable: {str(exc).removeprefix(f'{directory / manifest}: ')}"
+    except OSError as exc:
         return f"{directory / manifest} is unreadable ({type(exc).__name__})"
     if not isinstance(data, dict) or data.get("format") != format_tag:
         return f"{directory / manifest} is not a {format_tag!r} manifest"
@@ -254,8 +258,8 @@ def clean_stale_partials(parent: str | os.PathLike) -> list[Path]:
         if not pid_text.isdigit() or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            tag = json.loads((Path(entry.path) / PARTIAL_TAG).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            tag = read_json(Path(entry.path) / PARTIAL_TAG)
+        except (OSError, ValueError):
             continue
         if (not isinstance(tag, dict) or tag.get("format") != PARTIAL_FORMAT or tag.get("pid") != int(pid_text)
                 or tag.get("host") != host or _alive(int(pid_text), tag.get("started"))):

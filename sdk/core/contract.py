@@ -17,11 +17,12 @@ No torch at import: ``s4d-export inspect`` and the CLIs' ``--help`` stay fast.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .jsonfile import read_json
 
 
 class BackendError(ValueError):
@@ -189,8 +190,8 @@ def read_export_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise BackendError(f"{directory} is not an ONNX export directory (no {EXPORT_MANIFEST}); create one with "
                            "s4d-export onnx CHECKPOINT -o DIR --frames N")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = read_json(path)
+    except (OSError, ValueError) as exc:
         raise BackendError(f"{path}: unreadable export manifest: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
@@ -272,6 +273,21 @@ def check_engine_manifest(data: Any, path: str | os.PathLike) -> dict[str, Any]:
         sha = entry.get("sha256")
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             fail(f"entry {name!r}: sha256 must be 64 lowercase hex digits")
+        for key, low in (("bytes", 0), ("plugin_layers", 0), ("tokens_per_frame", 1), ("build_seconds", 0)):
+            value = entry.get(key)
+            if value is not None and not (low <= value < 1e15):
+                fail(f"entry {name!r}: {key!r} must be a number >= {low}, got {value!r}")
+        node = entry.get("block_sparse_node") or {}
+        for key in ("num_frames", "tokens_per_frame", "block_size", "num_heads", "head_dim", "schedule", "anchor",
+                    "scale"):  # the attributes an engine was built with (sdk.sparse.attention)
+            if key not in node:
+                continue
+            value = node[key]
+            values = value if key == "schedule" and isinstance(value, list) else [value]
+            low, high = {"anchor": (0, 1), "scale": (1e-9, 1e9)}.get(key, (1, 1 << 20))
+            if not values or not all(isinstance(v, (int, float)) and (key == "anchor" or not isinstance(v, bool))
+                                     and low <= v <= high and (key == "scale" or isinstance(v, int)) for v in values):
+                fail(f"entry {name!r}: block_sparse_node {key!r} must be in [{low:g}, {high:g}], got {value!r}")
     return data
 
 
@@ -279,8 +295,8 @@ def read_engine_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The validated ``manifest.json`` of an engine directory (``BackendError`` if unreadable)."""
     path = Path(directory) / ENGINE_MANIFEST
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
         raise BackendError(f"{path}: unreadable engine manifest ({type(exc).__name__}: {exc}); delete it to "
                            "rebuild") from None
     return check_engine_manifest(data, path)
@@ -292,8 +308,8 @@ def is_engine_directory(path: str | os.PathLike) -> bool:
     if not manifest.is_file():
         return False
     try:
-        data = json.loads(manifest.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(manifest)
+    except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("format") == ENGINE_FORMAT
 

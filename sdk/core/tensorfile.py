@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from .jsonfile import JSONFileError, loads_limited
+
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
@@ -47,9 +49,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
         if n > min(_MAX_HEADER, size - 8):
             raise TensorFileError(f"{path}: header length {n} does not fit the file ({size} bytes)")
         try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TensorFileError(f"{path}: header is not JSON ({exc})") from None
+            header = loads_limited(f.read(n), f"{path} header")
+        except JSONFileError as exc:
+            raise TensorFileError(str(exc)) from None
     if not isinstance(header, dict):
         raise TensorFileError(f"{path}: header is not a JSON object")
     data_start, data_size = 8 + n, size - 8 - n

@@ -12,6 +12,7 @@ import errno
 import math
 import os
 import re
+import stat
 import warnings
 from contextlib import closing
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..core.errors import InputError
+from ..core.jsonfile import regular_file_problem
 from ..core.moved import forward_moved_names
 
 
@@ -38,6 +40,7 @@ __all__ = [
     "max_frame_pixels",
     "natural_sort_key",
     "sample_indices",
+    "special_file_reason",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v")
@@ -159,10 +162,26 @@ def load_frames(source, num_frames: int, start: float | None = None,
             raise InputError(f"start/end select frames by time and only apply to video files; "
                              f"the image directory {str(path)!r} has no timestamps")
         return _load_directory(path, num_frames)
+    special = special_file_reason(path)
+    if special:  # a FIFO, socket or device would block the decoder or never end
+        raise InputError(f"input {str(path)!r} is {special}; expected a video file or a directory of frames")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         raise InputError(f"{str(path)!r} is a single image; pass a directory of frames, a list "
                          "of images or a video file")
     return _load_video(path, num_frames, start, end)
+
+
+def special_file_reason(path: str | os.PathLike) -> str | None:
+    """``"a FIFO (named pipe)"``, ``"a socket"`` or ``"a device"`` when ``path`` (followed) is one
+    of those, which reading could block on forever; None for regular files, directories and
+    anything that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return regular_file_problem(mode)
 
 
 def check_time_window(start, end, names: tuple[str, str] = ("start", "end")) -> tuple[float | None, float | None]:
@@ -305,7 +324,7 @@ def _load_directory(path: Path, num_frames: int) -> FrameSequence:
     except OSError as exc:
         raise InputError(f"cannot list directory {label!r}: {exc.strerror or exc}") from None
     for p in entries:  # a frame that silently went missing would shift every later one
-        link = broken_link_reason(p)
+        link = broken_link_reason(p) or special_file_reason(p)
         if link:
             raise InputError(f"frame {p.name!r} in directory {label!r} is {link}; fix or remove it")
     files = sorted((p for p in entries if p.is_file()), key=lambda p: natural_sort_key(p.name))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,7 @@ def border_key_alpha(rgb: np.ndarray, threshold: float = BORDER_KEY_THRESHOLD,
 
     rgb = np.asarray(rgb)[..., :3].astype(np.float32)
     h, w = rgb.shape[:2]
-    b = border if border is not None else int(np.clip(min(h, w) // 64, 2, 8))
-    b = max(1, min(b, h // 2 or 1, w // 2 or 1))
-    strip = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3),
-                            rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)])
+    strip = _border_strip(rgb, border)
     background = np.median(strip, axis=0)
     mask = np.linalg.norm(rgb - background, axis=2) > threshold
 
@@ -142,6 +140,29 @@ def border_key_alpha(rgb: np.ndarray, threshold: float = BORDER_KEY_THRESHOLD,
         keep[0] = False
         mask = keep[labels]
     return np.where(mask, 255, 0).astype(np.uint8)
+
+
+def _border_strip(rgb: np.ndarray, border: int | None = None) -> np.ndarray:
+    """``[N, 3]`` pixels of the frame's border strip (the key's background sample)."""
+    h, w = rgb.shape[:2]
+    b = border if border is not None else int(np.clip(min(h, w) // 64, 2, 8))
+    b = max(1, min(b, h // 2 or 1, w // 2 or 1))
+    return np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3),
+                           rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)]).astype(np.float32)
+
+
+def border_uniformity(rgb: np.ndarray, threshold: float = BORDER_KEY_THRESHOLD) -> float:
+    """The fraction of the border strip within ``threshold`` of its median colour: near 1 for an
+    object on a plain backdrop; low when the object covers much of the border (then the key takes
+    the object for the background) or the background is not plain."""
+    strip = _border_strip(np.asarray(rgb)[..., :3])
+    return float(np.mean(np.linalg.norm(strip - np.median(strip, axis=0), axis=1) <= threshold))
+
+
+# below this, the border key is unreliable and says so: a plain backdrop with the object inside the
+# frame scores above 0.95 (the sample clips: 0.96-1.0); an object covering a fifth of the border or
+# more may be the majority colour there and be keyed out
+MIN_BORDER_UNIFORMITY = 0.8
 
 
 def _installed(module: str) -> bool:
@@ -214,4 +235,10 @@ def remove_background(frames: list[np.ndarray], matting: str = "auto"
         elif _installed("rembg"):  # installed, so wanted, but not usable
             _warn_matting_fallback(reason, f"put the official {REMBG_MODEL_FILE} at {rembg_model_path()} "
                                            "($U2NET_HOME; rembg's run-time download is not used)")
+    worst = min(border_uniformity(f) for f in frames)
+    if worst < MIN_BORDER_UNIFORMITY:
+        warnings.warn(f"border-key matting: only {worst:.0%} of a frame's border is one plain colour, so the "
+                      "object may cover much of the border (and be keyed out as background) or the background is "
+                      "not plain; use matting='rembg', footage with a plain margin around the object, or RGBA "
+                      "frames", UserWarning, stacklevel=2)
     return [with_alpha(f, border_key_alpha(f)) for f in frames], "border-key"

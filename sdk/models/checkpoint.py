@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..core.jsonfile import read_json
 from .config import (ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig, dit_config_from_dict,
                      simple_config_from_dict, to_dict)
 
@@ -218,12 +219,18 @@ def _unreadable_message(path: Path, exc: Exception) -> str:
 
 def _load_sculpt4d_dir(root: Path) -> Checkpoint:
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = read_json(root / MANIFEST)
+    except (OSError, ValueError) as exc:
         raise CheckpointError(f"{root / MANIFEST}: unreadable manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{root / MANIFEST}: not a Sculpt4D checkpoint manifest (a JSON {type(manifest).__name__}, "
+                              "expected an object)")
     if manifest.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{root / MANIFEST}: not a Sculpt4D checkpoint (format={manifest.get('format')!r})")
-    if int(manifest.get("version", 0)) > FORMAT_VERSION:
+    version = manifest.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{root / MANIFEST}: 'version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{root / MANIFEST}: format version {manifest['version']} is newer than this SDK "
                               f"supports ({FORMAT_VERSION}); upgrade sculpt4d-sdk")
     try:
@@ -433,8 +440,9 @@ def build_vae(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch
 
     if ckpt.vae is None or ckpt.vae_config is None:
         raise CheckpointError(f"{ckpt.source}: no VAE weights in this checkpoint")
+    with torch.device("meta"):  # shapes only: a config that lies about its sizes allocates nothing
+        check_state_dict(ShapeVAE(ckpt.vae_config), ckpt.vae, ckpt.source, "vae")
     model = ShapeVAE(ckpt.vae_config)
-    check_state_dict(model, ckpt.vae, ckpt.source, "vae")
     model.load_state_dict(ckpt.vae, strict=True)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -445,9 +453,10 @@ def build_conditioner(ckpt: Checkpoint, device: str | torch.device = "cpu", dtyp
 
     if ckpt.conditioner is None or ckpt.conditioner_config is None:
         raise CheckpointError(f"{ckpt.source}: no conditioner weights in this checkpoint")
+    with torch.device("meta"):  # shapes only: a config that lies about its sizes allocates nothing
+        probe = ImageConditioner(ckpt.conditioner_config)
+        check_state_dict(probe, ckpt.conditioner, ckpt.source, "conditioner", ignore_missing=_buffers_only(probe))
     model = ImageConditioner(ckpt.conditioner_config)
-    check_state_dict(model, ckpt.conditioner, ckpt.source, "conditioner",
-                     ignore_missing=_buffers_only(model))
     model.load_state_dict(ckpt.conditioner, strict=False)
     return model.to(device=device, dtype=dtype).eval()
 

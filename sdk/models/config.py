@@ -12,6 +12,7 @@ second on two CPU cores).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,24 +232,44 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# Configs read from a file are untrusted: a size far beyond any real model would make the first
+# tensor allocation exhaust the machine before any weight is compared. Sizes are bounded here;
+# everything that shapes a weight is then compared with the weights before a module is built.
+SIZE_LIMIT = 1 << 16  # any int field (the full model's largest is 8192 wide, 4096 latents)
+SIZE_LIMITS = {"pc_size": 1 << 21}  # fields that legitimately go higher
+
+
+def _check_untrusted(cls: type, data: Any) -> dict[str, Any]:
+    _require(isinstance(data, dict), f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    _require(not unknown, f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    for name, value in data.items():
+        kind = str(known[name].type)
+        if kind == "int":
+            limit = SIZE_LIMITS.get(name, SIZE_LIMIT)
+            _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit,
+                     f"{cls.__name__}.{name} must be an integer in [0, {limit}], got {value!r}")
+        elif kind == "float":
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                     and abs(value) <= 1e9, f"{cls.__name__}.{name} must be a finite number, got {value!r}")
+        elif kind == "bool":
+            _require(isinstance(value, bool), f"{cls.__name__}.{name} must be true or false, got {value!r}")
+    return dict(data)
+
+
 def dit_config_from_dict(data: dict[str, Any]) -> DiTConfig:
-    """A :class:`DiTConfig` from its JSON form (``temporal`` nested); unknown fields are an error."""
-    data = dict(data)
-    temporal = data.pop("temporal", None)
-    known = {f.name for f in dataclasses.fields(DiTConfig)}
-    unknown = set(data) - known
-    _require(not unknown, f"unknown DiTConfig fields: {sorted(unknown)}")
+    """A :class:`DiTConfig` from its JSON form (``temporal`` nested); unknown fields, wrong types
+    and sizes beyond :data:`SIZE_LIMIT` are an error (``ValueError`` naming the field)."""
+    data = dict(data) if isinstance(data, dict) else data
+    temporal = data.pop("temporal", None) if isinstance(data, dict) else None
+    data = _check_untrusted(DiTConfig, data)
     if temporal is not None:
-        t_known = {f.name for f in dataclasses.fields(TemporalConfig)}
-        t_unknown = set(temporal) - t_known
-        _require(not t_unknown, f"unknown TemporalConfig fields: {sorted(t_unknown)}")
-        data["temporal"] = TemporalConfig(**temporal)
+        data["temporal"] = TemporalConfig(**_check_untrusted(TemporalConfig, temporal))
     return DiTConfig(**data)
 
 
 def simple_config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """An instance of the config dataclass ``cls`` from its JSON form; unknown fields are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
-    _require(not unknown, f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**data)
+    """An instance of the config dataclass ``cls`` from its JSON form; unknown fields, wrong types
+    and sizes beyond :data:`SIZE_LIMIT` are an error (``ValueError`` naming the field)."""
+    return cls(**_check_untrusted(cls, data))

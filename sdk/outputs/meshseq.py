@@ -56,6 +56,9 @@ class MeshSequence:
     model: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    # which input this is the conversion of (path or URI, size, mtime), recorded so that a rerun
+    # can tell its own earlier output from another input's (s4d-convert --skip-existing)
+    input_identity: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.meshes)
@@ -69,6 +72,7 @@ class MeshSequence:
             "format": SEQUENCE_FORMAT,
             "version": MANIFEST_VERSION,
             "source": self.source,
+            **({"input": dict(self.input_identity)} if self.input_identity else {}),
             "num_frames": len(self.meshes),
             "frame_indices": list(self.frame_indices),
             "frame_times": list(self.frame_times),

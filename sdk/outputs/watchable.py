@@ -4,12 +4,15 @@ viewers play), ``preview.mp4`` (``sdk.outputs.preview``: conditioning frame | re
 clip's frame rate) and ``viewer.html`` (``sdk.outputs.viewer``: a self-contained page that plays the
 sequence with play/pause, a frame slider and orbit controls).
 
-Like the contact sheet they are previews: one that fails is reported with a warning and left
-out, and the meshes are still written.
+Like the contact sheet they are previews: one that fails is reported with a warning, left out
+and named in the manifest's ``stats["not_written"]``, and the meshes are still written. A failure
+of the disk itself (full, read-only, I/O error) is not a preview problem: it propagates, so the
+whole save fails and nothing half-written is published.
 """
 
 from __future__ import annotations
 
+import errno
 import warnings
 from pathlib import Path
 
@@ -42,5 +45,13 @@ def write_watchables(seq, directory: Path, animated_glb: bool = True, preview: b
             written.append(name)
         except Exception as exc:  # a preview must never cost the user the meshes
             (Path(directory) / name).unlink(missing_ok=True)
-            warnings.warn(f"{name} not written: {type(exc).__name__}: {exc}", stacklevel=3)
+            if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+            seq.stats.setdefault("not_written", {})[name] = reason
+            warnings.warn(f"{name} not written: {reason}", stacklevel=3)
     return written
+
+
+# errors of the disk, not of a preview: the save fails as a whole (nothing is published)
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
