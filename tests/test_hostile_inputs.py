@@ -421,6 +421,73 @@ def test_border_key_warns_when_the_object_covers_the_border():
         remove_background([plain], "border")
 
 
+def test_a_growing_batch_keeps_earlier_outputs_where_they_are(tmp_path):
+    """Review of issue 32: names take the output directory into account, so adding a.mkv beside an
+    already converted a.mp4 neither steals OUT/a nor converts a.mp4 again."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.mp4").write_bytes(b"first")
+    out = tmp_path / "out"
+    first = _run_batch([str(src)], out)
+    assert [(i.name, i.status) for i in first] == [("a", "ok")]
+    (src / "a.mkv").write_bytes(b"second")
+    items = _run_batch([str(src)], out, skip_existing=True)
+    assert {Path(i.input).name: (i.name, i.status) for i in items} == {"a.mp4": ("a", "skipped"),
+                                                                       "a.mkv": ("a-2", "ok")}
+    assert manifest_input(out / "a") == os.path.realpath(src / "a.mp4")
+
+
+def test_aliases_of_one_input_are_one_name_in_any_order(tmp_path):
+    from sdk.batch.clips import expand_inputs
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "zz.mp4").symlink_to(tmp_path / "a.mp4")
+    for order in ([tmp_path / "a.mp4", tmp_path / "zz.mp4"], [tmp_path / "zz.mp4", tmp_path / "a.mp4"]):
+        items = expand_inputs([str(p) for p in order])
+        assert {i.name for i in items} == {"a"} and sorted(i.status for i in items) == ["pending", "skipped"]
+
+
+def test_fifo_as_model_fails_fast(tmp_path, clips):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    res = convert(str(clips["a.mp4"]), "-o", str(tmp_path / "o"), "--model", str(fifo), "--quiet", timeout=120)
+    assert res.returncode == 2 and "is a FIFO (named pipe)" in res.stderr
+    res = subprocess.run([str(BIN / "s4d-export"), "onnx", str(fifo), "-o", str(tmp_path / "x"), "--frames", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "is a FIFO (named pipe)" in res.stderr
+
+
+def test_old_manifest_with_a_relative_source_owns_nothing(tmp_path):
+    from sdk.batch.clips import Item, output_owner
+
+    item = Item(str(tmp_path / "a.mp4"), "a")
+    assert output_owner({"source": "in/a.mp4"}, item)[0] == "unknown"  # relative: from where that run started
+    assert output_owner({"source": str(tmp_path / "a.mp4")}, item) == ("this", "")
+    assert output_owner({"source": "/elsewhere/a.mp4"}, item) == ("other", "/elsewhere/a.mp4")
+
+
+def test_ray_client_address_without_port_uses_the_client_port():
+    pytest.importorskip("ray")
+    from sdk.batch.distributed import ClusterError, _check_reachable
+
+    with pytest.raises(ClusterError, match="cannot reach the Ray cluster at ray://127.0.0.1"):
+        _check_reachable("ray://127.0.0.1", 2.0)  # port 10001, nothing listening
+    with pytest.raises(ClusterError, match="within"):
+        _check_reachable("ray://127.0.0.1:1/", 2.0)
+
+
+@pytest.mark.parametrize("part, key", [("vae_config", "heads"), ("conditioner_config", "patch_size"),
+                                       ("dit_config", "num_heads")])
+def test_zero_sizes_that_divide_are_refused(part, key):
+    from sdk.models.config import (ConditionerConfig, ConfigError, DiTConfig, VAEConfig, dit_config_from_dict,
+                                   simple_config_from_dict, to_dict)
+
+    cls = {"vae_config": VAEConfig, "conditioner_config": ConditionerConfig, "dit_config": DiTConfig}[part]
+    data = {**to_dict(cls.tiny()), key: 0}
+    with pytest.raises(ConfigError, match=rf"{key} must be an integer in \[1, "):
+        dit_config_from_dict(data) if cls is DiTConfig else simple_config_from_dict(cls, data)
+
+
 # --------------------------------------------------------------------------------------------
 # the property: every input ends in exactly one output that names it, or in a reported failure
 # --------------------------------------------------------------------------------------------
@@ -441,13 +508,13 @@ class _StandIn:
 STEMS = ["a", "A", "a-1", "a-2", "clip", "Clip", unicodedata.normalize("NFD", "é"), "é", ".hidden", "x y", "a#1"]
 
 
-def _run_batch(paths: list[str], out: Path) -> list:
+def _run_batch(paths: list[str], out: Path, skip_existing: bool = False) -> list:
     from sdk.batch.clips import OutputOptions, convert_one, expand_inputs, plan_items
     from sdk.generation.settings import RunSettings
 
     items = expand_inputs(paths)
     plan_items(items, str(out), paths, OutputOptions(formats=("ply",), sequence_glb=False, preview=False,
-                                                     viewer=False))
+                                                     viewer=False, skip_existing=skip_existing))
     settings = RunSettings(2, 1, 1.0, 16, "none", 0, "dense", "shared", None, None)
     for item in items:
         if item.status == "pending":
@@ -462,21 +529,34 @@ def test_every_input_ends_in_one_output_that_names_it_or_a_failure(tmp_path_fact
     from hypothesis import strategies as st
 
     entry = st.tuples(st.sampled_from(STEMS), st.sampled_from([".mp4", ".mkv", ".MP4", ".mov"]),
-                      st.sampled_from(["", "d1", "d2", "d1/sub"]))
+                      st.sampled_from(["", "d1", "d2", "d1/sub"]), st.sampled_from(["file", "file", "link", "relative"]))
 
     @settings(max_examples=40, deadline=None, derandomize=True)
-    @given(st.lists(entry, min_size=1, max_size=7), st.randoms())
-    def check(entries, rnd):
+    @given(st.lists(entry, min_size=1, max_size=7), st.randoms(), st.integers(0, 7))
+    def check(entries, rnd, first_batch):
         root = tmp_path_factory.mktemp("prop")
         paths = []
-        for stem, ext, folder in entries:
+        for stem, ext, folder, kind in entries:
             path = root / "in" / folder / f"{stem}{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "link" and paths:  # another name of an input already listed
+                link = path.with_name(f"link-{len(paths)}{ext}")
+                if not os.path.lexists(link):
+                    link.symlink_to(os.path.realpath(paths[-1]))
+                paths.append(str(link))
+                continue
             if not path.exists():
                 path.write_bytes(os.urandom(16))
-            paths.append(str(path))
+            paths.append(os.path.relpath(path) if kind == "relative" else str(path))
         out = root / "out"
-        items = _run_batch(paths, out)
+        # an earlier run converted some of them; the full set then runs with --skip-existing
+        earlier = _run_batch(paths[:first_batch], out) if first_batch else []
+        assert all(i.status in ("ok", "skipped") for i in earlier)
+        items = _run_batch(paths, out, skip_existing=bool(first_batch))
+        done_before = {os.path.realpath(i.input) for i in earlier}
+        for item in items:
+            if os.path.realpath(item.input) in done_before:
+                assert item.status == "skipped", item  # converted before: skipped, never again
         # every argument is accounted for, once
         assert len(items) == len(paths)
         outputs = {}
@@ -499,13 +579,12 @@ def test_every_input_ends_in_one_output_that_names_it_or_a_failure(tmp_path_fact
         first = {(os.path.realpath(i.input), i.name) for i in expand_inputs(paths) if i.status == "pending"}
         again = {(os.path.realpath(i.input), i.name) for i in expand_inputs(shuffled) if i.status == "pending"}
         assert first == again
-        # a rerun with --skip-existing skips exactly what it converted
+        # a rerun with --skip-existing skips everything (each input has its up-to-date output)
         from sdk.batch.clips import OutputOptions, expand_inputs as expand, plan_items
 
         rerun = expand(paths)
         plan_items(rerun, str(out), paths, OutputOptions(formats=("ply",), skip_existing=True))
-        assert {i.input for i in rerun if i.status == "skipped"} == {i.input for i in items
-                                                                     if i.status in ("ok", "skipped")}
+        assert all(i.status == "skipped" for i in rerun), [(i.input, i.status, i.error) for i in rerun]
 
     check()
 

@@ -44,6 +44,8 @@ class Item:
     ran: dict | None = None
     # requested files that could not be written (a preview that failed; the meshes are there)
     not_written: dict | None = None
+    # the input as planned (path, size, mtime): what the manifest records, taken before the work
+    identity: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -164,36 +166,128 @@ def _name_key(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def assign_output_names(items: List[Item]) -> None:
+_REPEAT = "the same input as"
+
+
+def existing_owners(outdir: str, items: List[Item]) -> dict[str, str | None]:
+    """Names in ``outdir`` that the items' names could take (their own names, with or without a
+    ``-N`` suffix) -> the real path of the input each one's manifest names (None: none, or unreadable).
+    Outputs from before inputs were recorded count by their ``source`` when it is an absolute path."""
+    from ..core.jsonfile import loads_limited, read_json
+
+    wanted = {_name_key(_own_name(i)) for i in items if i.status == "pending" or (i.error or "").startswith(_REPEAT)}
+
+    def relevant(name: str) -> bool:
+        key = _name_key(name)
+        head, _, tail = key.rpartition("-")
+        return key in wanted or (tail.isdigit() and head in wanted)
+
+    def owner(manifest: Any) -> str | None:
+        if not isinstance(manifest, dict):
+            return None
+        recorded = manifest.get("input")
+        if isinstance(recorded, dict) and isinstance(recorded.get("path"), str):
+            return recorded["path"]
+        source = manifest.get("source")
+        return canonical_input(source) if isinstance(source, str) and (os.path.isabs(source) or scheme_of(source)) else None
+
+    found: dict[str, str | None] = {}
+    path = local_path(outdir)
+    if path is not None:
+        try:
+            entries = [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and relevant(e.name)]
+        except OSError:
+            return found
+        for name in entries:
+            try:
+                found[name] = owner(read_json(path / name / "manifest.json"))
+            except (OSError, ValueError):
+                found[name] = None
+        return found
+    from pyarrow.fs import FileSelector, FileType
+
+    root = open_remote(outdir)
+    infos = root.fs.get_file_info(FileSelector(root.path, allow_not_found=True))
+    for info in infos:
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == FileType.Directory and relevant(name):
+            try:
+                found[name] = owner(loads_limited(root.child(name).read_bytes("manifest.json"), f"{outdir}/{name}"))
+            except (OSError, ValueError):
+                found[name] = None
+    return found
+
+
+def _own_name(item: Item) -> str:
+    """The name an input asks for: the stem of its real path (so ``zz.mp4 -> a.mp4`` and ``a.mp4``
+    ask for the same), the directory's real name for a frame directory, the URI's stem otherwise."""
+    key = canonical_input(item.input)
+    if scheme_of(key) is None and os.path.isabs(key):
+        real = Path(key)
+        return safe_output_name(real.name if real.is_dir() else real.stem or real.name)
+    return safe_output_name(item.name)
+
+
+def assign_output_names(items: List[Item], existing: dict[str, str | None] | None = None) -> None:
     """Give every item its output directory name: ONE deterministic, collision-free mapping from
-    the whole input set, independent of argument order. The same input named twice converts once
-    (the repeat is ``skipped``). A name shared by several inputs (``a.mp4``, ``a.mkv``, ``dir/a.mp4``)
-    stays with the first of them in path order; the others get ``-2``, ``-3``, ... and a suffixed
-    name is never one that any input of the run has as its own name (``a-2.mkv``) or in another
-    spelling of case or Unicode normalisation."""
+    the whole input set (and, with ``existing``, from what the output directory already holds),
+    independent of argument order.
+
+    - The same input named twice (``a.mp4``, ``./a.mp4``, a link to it) converts once; the repeat is
+      ``skipped``. An input's own name is its real path's stem.
+    - ``existing`` maps each name already in the output directory to the real path of the input its
+      manifest names (None when it names none). An input whose earlier output is there keeps that
+      name, so reruns and growing batches land where they did before.
+    - Otherwise a name shared by several inputs (``a.mp4``, ``a.mkv``, ``dir/a.mp4``) goes to the
+      first of them in path order and the others get ``-2``, ``-3``, ...; a name is never one that
+      another input of the run has as its own (``a-2.mkv``), nor one that exists for another input,
+      in any spelling of case or Unicode normalisation.
+    """
+    existing = {_name_key(name): (name, owner) for name, owner in (existing or {}).items()}
     first_of: dict[str, Item] = {}
     repeats: list[tuple[Item, Item]] = []
     for item in items:
         item.name = safe_output_name(item.name)
+        if item.status == "skipped" and (item.error or "").startswith(_REPEAT):  # named again below
+            item.status, item.error = "pending", None
         if item.status != "pending":  # failed while expanding: no output
             continue
         key = canonical_input(item.input)
         if key in first_of:
             repeats.append((item, first_of[key]))
-            item.status, item.error = "skipped", f"the same input as {first_of[key].input!r}"
+            item.status, item.error = "skipped", f"{_REPEAT} {first_of[key].input!r}"
         else:
             first_of[key] = item
-    groups: dict[str, list[Item]] = {}
-    for item in first_of.values():
-        groups.setdefault(_name_key(item.name), []).append(item)
-    taken = set(groups)  # every input's own name is reserved for it
-    for key in sorted(groups):
-        members = sorted(groups[key], key=lambda i: (canonical_input(i.input), i.input))
-        for n, item in enumerate(members[1:], 2):
-            while _name_key(f"{item.name}-{n}") in taken:
+    own = {key: _own_name(item) for key, item in first_of.items()}
+    taken = {_name_key(name) for name in own.values()}  # every input's own name is reserved for it
+    assigned: set[str] = set()
+    claimed = {}  # an earlier output of an input of this run keeps its name
+    for name_key, (name, owner) in sorted(existing.items()):
+        if owner in first_of and owner not in claimed:
+            claimed[owner] = name
+            assigned.add(name_key)
+    groups: dict[str, list[str]] = {}
+    for key, name in own.items():
+        groups.setdefault(_name_key(name), []).append(key)
+    for group in sorted(groups):
+        for key in sorted(groups[group]):
+            item = first_of[key]
+            if key in claimed:
+                item.name = claimed[key]
+                continue
+            base, n = own[key], 1
+            candidate = base
+            while True:
+                ck = _name_key(candidate)
+                held = existing.get(ck)
+                # a name that exists for ANOTHER known input is passed over; one whose owner is unknown
+                # (user files, no manifest) is kept and refused or replaced by plan_items as ever
+                if ck not in assigned and (ck == group or ck not in taken) and (held is None or held[1] in (None, key)):
+                    break
                 n += 1
-            item.name = f"{item.name}-{n}"
-            taken.add(_name_key(item.name))
+                candidate = f"{base}-{n}"
+            item.name = candidate
+            assigned.add(_name_key(candidate))
     for repeat, first in repeats:
         repeat.name = first.name
 
@@ -230,7 +324,8 @@ def output_owner(manifest: Any, item: Item) -> tuple[str, str]:
     recorded = manifest.get("input")
     if not isinstance(recorded, dict):  # an older output: only the source path is known
         source = manifest.get("source")
-        if not isinstance(source, str) or not source:
+        if not isinstance(source, str) or not (os.path.isabs(source) or scheme_of(source)):
+            # a relative source names a path only from where that run was started
             return "unknown", "its manifest does not name its input"
         same = canonical_input(source) == canonical_input(item.input)
         return ("this", "") if same else ("other", source)
@@ -290,7 +385,8 @@ def output_location(outdir: str, name: str) -> str:
     return child_uri(outdir, name) if scheme_of(outdir) else str(Path(outdir) / name)
 
 
-def plan_items(items: List[Item], outdir: str, inputs: List[str], options: OutputOptions) -> None:
+def plan_items(items: List[Item], outdir: str, inputs: List[str], options: OutputOptions,
+               connect_timeout: float = 30.0) -> None:
     """Set each pending item's output and settle what can be settled before any model loads:
     ``skipped`` (``--skip-existing``), ``failed`` (the output exists and may not be replaced, or it
     overlaps an input). Items left ``pending`` are to be converted."""
@@ -305,6 +401,10 @@ def plan_items(items: List[Item], outdir: str, inputs: List[str], options: Outpu
             return None
         return str(path) if path is not None and os.path.lexists(path) else None
 
+    # the final names: the whole input set, and what the output directory already holds
+    scan = lambda: existing_owners(outdir, items)  # noqa: E731
+    assign_output_names(items, scan() if local_path(outdir) is not None else
+                        answered_within(scan, connect_timeout, f"listing {outdir}"))
     local_inputs = [path for path in map(existing_local, inputs) if path is not None]
     local_inputs += [i.input for i in items if i.status != "failed" and scheme_of(i.input) is None]
     frame_dirs = [i.input for i in items if i.status != "failed" and scheme_of(i.input) is None and Path(i.input).is_dir()]
@@ -338,6 +438,9 @@ def plan_items(items: List[Item], outdir: str, inputs: List[str], options: Outpu
                 item.status, item.error = "failed", str(exc)
             except OutputExistsError as exc:
                 item.status, item.error = "failed", f"{exc} (--overwrite replaces only earlier s4d-convert outputs)"
+    for item in items:  # what the manifest will record, taken now (and on this machine, not a worker)
+        if item.status == "pending":
+            item.identity = input_identity(item.input)
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +517,7 @@ def convert_one(generator, item: Item, settings: RunSettings, options: OutputOpt
         seq = call_with_timeout(generate, options.timeout)
         if scheme_of(item.input) not in (None, "file"):
             seq.source = item.input  # not the temporary download
-        seq.input_identity = input_identity(item.input)
+        seq.input_identity = item.identity or input_identity(item.input)
         save = dict(formats=options.formats, animated_glb=options.sequence_glb, preview=options.preview,
                     viewer=options.viewer)
         target = local_path(item.output)

@@ -99,7 +99,8 @@ def _check_reachable(address: str, timeout: float) -> None:
     ``ray.init`` itself retries an unreachable address without end."""
     import socket
 
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    hostport = address.removeprefix("ray://").split("/", 1)[0]  # ray://head:10001/ -> head:10001
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "10001")  # Ray Client's port
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
@@ -163,9 +164,11 @@ class ClipConverter:
     def __call__(self, batch: dict) -> dict:
         """Convert the clips of one Ray Data batch (one row per clip) and return one result row each;
         a failing clip becomes a ``failed`` row, never an exception that would kill the actor."""
-        rows: dict[str, list] = {key: [] for key in ("index", "status", "error", "frames", "seconds", "ran", "host")}
-        for index, source, name, output in zip(batch["index"], batch["input"], batch["name"], batch["output"]):
-            item = Item(str(source), str(name), str(output))
+        rows: dict[str, list] = {key: [] for key in ("index", "status", "error", "frames", "seconds", "ran",
+                                                     "not_written", "host")}
+        for index, source, name, output, identity in zip(batch["index"], batch["input"], batch["name"],
+                                                         batch["output"], batch["identity"]):
+            item = Item(str(source), str(name), str(output), identity=json.loads(str(identity)))
             try:
                 _test_crash_hook(item.name)
                 convert_one(self.generator, item, self.settings, self.options, disposable_process=True)
@@ -173,7 +176,8 @@ class ClipConverter:
                 item.status, item.error = "failed", f"internal error ({type(exc).__name__}): {exc}"
             for key, value in (("index", int(index)), ("status", item.status), ("error", item.error),
                                ("frames", item.frames), ("seconds", item.seconds),
-                               ("ran", json.dumps(item.ran)), ("host", self.host)):
+                               ("ran", json.dumps(item.ran)), ("not_written", json.dumps(item.not_written)),
+                               ("host", self.host)):
                 rows[key].append(value)
         return rows
 
@@ -245,9 +249,10 @@ def convert_on_ray(items: List[Item], model: str, backend: str, device: str | No
     # Ray prints raylet notices (a worker died, a task is retried, with the worker's whole
     # traceback) on sys.stdout, which belongs to --json. They go to a log file instead, named in the
     # summary (``driver_log``): every clip's fate is reported by this command, in one line each.
-    log_path = Path(tempfile.gettempdir()) / f"s4d-ray-driver-{os.getpid()}.log"
+    fd, name = tempfile.mkstemp(prefix="s4d-ray-driver-", suffix=".log")  # private, never a planted path
+    log_path = Path(name)
     try:
-        with open(log_path, "a", encoding="utf-8") as driver_log, contextlib.redirect_stdout(driver_log):
+        with os.fdopen(fd, "w", encoding="utf-8") as driver_log, contextlib.redirect_stdout(driver_log):
             info = _convert_on_ray(items, pending, model, backend, device, settings, options, cluster, on_result,
                                    progress)
     finally:
@@ -294,8 +299,8 @@ def _run_pipeline(ray, pending, items, model, backend, device, settings, options
     context.actor_init_retry_on_errors, context.actor_init_max_retries = True, 1  # e.g. a GPU still freeing
     context.max_consecutive_actor_init_deaths = 2 * cluster.workers
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    rows = [{"index": index, "input": item.input, "name": item.name, "output": item.output}
-            for index, item in pending]
+    rows = [{"index": index, "input": item.input, "name": item.name, "output": item.output,
+             "identity": json.dumps(item.identity)} for index, item in pending]
     placement = {"accelerator_type": cluster.accelerator_type} if cluster.accelerator_type else {}
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for max_task_retries; ray_remote_args is the way (the [ray]
@@ -316,6 +321,7 @@ def _run_pipeline(ray, pending, items, model, backend, device, settings, options
             item = items[int(row["index"])]
             item.status, item.error, item.frames = row["status"], row["error"], int(row["frames"])
             item.seconds, item.ran = float(row["seconds"]), json.loads(row["ran"])
+            item.not_written = json.loads(row["not_written"])
             _check_visible(item, row["host"])
             on_result(item)
     except Exception as exc:  # the job stopped: what did not come back is failed with the reason

@@ -32,6 +32,9 @@ def _exit_now_if_work_was_abandoned(code) -> None:
     process at once: pyarrow's S3 shutdown would wait for that request at exit, for minutes."""
     storage = sys.modules.get("sdk.batch.storage")
     if storage is not None and getattr(storage, "ABANDONED", 0):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code if isinstance(code, int) else 1)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more to say
+                pass
+        os._exit(0 if code is None else code if isinstance(code, int) else 1)

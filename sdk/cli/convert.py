@@ -84,7 +84,8 @@ def convert(
                                             f"{MAX_TIMEOUT} (a week); a clip past it fails with 'timed out' and its "
                                             "partial output is removed."),
     connect_timeout: float = typer.Option(30.0, "--connect-timeout", help="Seconds to wait for a network service "
-                                          "(the --ray cluster's address) before failing, 0.1 to 3600."),
+                                          "(the --ray cluster's address; an object store listing inputs, taking the "
+                                          "probe write and listing outputs) before failing, 0.1 to 3600."),
     ray_address: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
                                               help="Convert on a Ray cluster (needs the [ray] extra): --ray alone "
                                               "uses $RAY_ADDRESS, else starts a local cluster; --ray=ADDRESS "
@@ -183,7 +184,7 @@ def convert(
         for stale in clean_stale_partials(local_out):
             typer.echo(f"removed {stale}: the temporary output of a run that was killed", err=True)
     try:
-        plan_items(items, outdir, inputs, options)
+        plan_items(items, outdir, inputs, options, connect_timeout)
     except (OSError, ValueError) as exc:  # an object store that cannot be listed
         usage_error(f"cannot use --output {outdir}: {exc}")
     for item in items:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["JSONFileError", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "json_depth", "loads_limited", "read_json",
-           "regular_file_problem"]
+           "regular_file_problem", "special_file_reason"]
 
 MAX_JSON_BYTES = 16 << 20  # manifests and configs are kilobytes; 16 MiB is far beyond any of ours
 MAX_JSON_DEPTH = 64  # ours nest 4 levels at most
@@ -40,6 +40,19 @@ def regular_file_problem(mode: int) -> str | None:
             else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else "not a regular file")
     return kind
+
+
+def special_file_reason(path: str | os.PathLike) -> str | None:
+    """``"a FIFO (named pipe)"``, ``"a socket"`` or ``"a device"`` when ``path`` (followed) is one
+    of those, which reading could block on forever; None for regular files, directories and
+    anything that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return regular_file_problem(mode)
 
 
 def json_depth(text: str) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .jsonfile import JSONFileError, loads_limited
+from .jsonfile import JSONFileError, loads_limited, special_file_reason
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -40,6 +40,9 @@ class TensorFileError(ValueError):
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     """(header dict, byte offset of the data section) of a safetensors file, validated."""
     path = Path(path)
+    special = special_file_reason(path)
+    if special:  # open() would block on a FIFO
+        raise TensorFileError(f"{path}: is {special}; expected a safetensors file")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)

@@ -12,7 +12,6 @@ import errno
 import math
 import os
 import re
-import stat
 import warnings
 from contextlib import closing
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..core.errors import InputError
-from ..core.jsonfile import regular_file_problem
+from ..core.jsonfile import special_file_reason  # noqa: F401 (public here too)
 from ..core.moved import forward_moved_names
 
 
@@ -169,19 +168,6 @@ def load_frames(source, num_frames: int, start: float | None = None,
         raise InputError(f"{str(path)!r} is a single image; pass a directory of frames, a list "
                          "of images or a video file")
     return _load_video(path, num_frames, start, end)
-
-
-def special_file_reason(path: str | os.PathLike) -> str | None:
-    """``"a FIFO (named pipe)"``, ``"a socket"`` or ``"a device"`` when ``path`` (followed) is one
-    of those, which reading could block on forever; None for regular files, directories and
-    anything that does not exist."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    return regular_file_problem(mode)
 
 
 def check_time_window(start, end, names: tuple[str, str] = ("start", "end")) -> tuple[float | None, float | None]:

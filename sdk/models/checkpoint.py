@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..core.jsonfile import read_json
+from ..core.jsonfile import read_json, special_file_reason
 from .config import (ConditionerConfig, DiTConfig, TemporalConfig, VAEConfig, dit_config_from_dict,
                      simple_config_from_dict, to_dict)
 
@@ -81,6 +81,9 @@ def detect_layout(path: str | os.PathLike) -> tuple[str, Path]:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
+    special = special_file_reason(p)
+    if special:  # reading it would block (a FIFO) or never end (a device)
+        raise CheckpointError(f"checkpoint {p} is {special}; expected a checkpoint file or directory")
     if p.is_dir():
         if (p / MANIFEST).is_file():
             return "sculpt4d", p

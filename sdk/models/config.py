@@ -248,8 +248,9 @@ def _check_untrusted(cls: type, data: Any) -> dict[str, Any]:
         kind = str(known[name].type)
         if kind == "int":
             limit = SIZE_LIMITS.get(name, SIZE_LIMIT)
-            _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit,
-                     f"{cls.__name__}.{name} must be an integer in [0, {limit}], got {value!r}")
+            low = 0 if known[name].default == 0 else 1  # a zero head count or patch divides by zero
+            _require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= limit,
+                     f"{cls.__name__}.{name} must be an integer in [{low}, {limit}], got {value!r}")
         elif kind == "float":
             _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                      and abs(value) <= 1e9, f"{cls.__name__}.{name} must be a finite number, got {value!r}")
