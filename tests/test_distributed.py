@@ -281,7 +281,9 @@ def test_foreign_or_complete_outputs_in_a_store_are_not_replaced(tmp_path, store
     for name in ("foreign", "ours-plus"):
         (Path(store.path) / name).mkdir()
     store.child("foreign").write_bytes("notes.txt", b"someone else's")
-    store.child("ours-plus").write_bytes("manifest.json", (clip / "manifest.json").read_bytes())
+    ours = json.loads((clip / "manifest.json").read_text())
+    ours["input"] = {"path": os.path.realpath("ours-plus.mp4")}  # an earlier output of that very input
+    store.child("ours-plus").write_bytes("manifest.json", json.dumps(ours).encode())
     store.child("ours-plus").write_bytes("keep.txt", b"added by a person")
     items = [Item(f"{n}.mp4", n) for n in ("done", "foreign", "ours-plus", "new")]
     plan_items(items, store.uri, [], OutputOptions())
