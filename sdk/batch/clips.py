@@ -183,13 +183,8 @@ def existing_owners(outdir: str, items: List[Item]) -> dict[str, str | None]:
         return key in wanted or (tail.isdigit() and head in wanted)
 
     def owner(manifest: Any) -> str | None:
-        if not isinstance(manifest, dict):
-            return None
-        recorded = manifest.get("input")
-        if isinstance(recorded, dict) and isinstance(recorded.get("path"), str):
-            return recorded["path"]
-        source = manifest.get("source")
-        return canonical_input(source) if isinstance(source, str) and (os.path.isabs(source) or scheme_of(source)) else None
+        path = _recorded_input(manifest) if isinstance(manifest, dict) else None
+        return path if isinstance(path, str) else None
 
     found: dict[str, str | None] = {}
     path = local_path(outdir)
@@ -315,6 +310,17 @@ def input_identity(raw: str) -> dict[str, Any]:
     return identity
 
 
+def _recorded_input(manifest: dict) -> Any:
+    """The input an output's manifest names: ``input.path``; for outputs from before inputs were
+    recorded, their ``source`` when it is absolute (a relative one names a path only from where
+    that run was started); None when it names none."""
+    recorded = manifest.get("input")
+    if isinstance(recorded, dict):
+        return recorded.get("path")
+    source = manifest.get("source")
+    return canonical_input(source) if isinstance(source, str) and (os.path.isabs(source) or scheme_of(source)) else None
+
+
 def output_owner(manifest: Any, item: Item) -> tuple[str, str]:
     """Whose conversion an existing output is, from its manifest: ``("this", "")`` (this input,
     unchanged since), ``("changed", why)`` (this input, modified since), ``("other", input)`` (another
@@ -322,15 +328,13 @@ def output_owner(manifest: Any, item: Item) -> tuple[str, str]:
     if not isinstance(manifest, dict):
         return "unknown", "its manifest is not a JSON object"
     recorded = manifest.get("input")
+    path = _recorded_input(manifest)
+    if path is None and not isinstance(recorded, dict):
+        return "unknown", "its manifest does not name its input"
+    if path != canonical_input(item.input):
+        return "other", str(path)
     if not isinstance(recorded, dict):  # an older output: only the source path is known
-        source = manifest.get("source")
-        if not isinstance(source, str) or not (os.path.isabs(source) or scheme_of(source)):
-            # a relative source names a path only from where that run was started
-            return "unknown", "its manifest does not name its input"
-        same = canonical_input(source) == canonical_input(item.input)
-        return ("this", "") if same else ("other", source)
-    if recorded.get("path") != canonical_input(item.input):
-        return "other", str(recorded.get("path"))
+        return "this", ""
     now = input_identity(item.input)
     changed = [k for k in ("size", "files", "mtime_ns") if k in recorded and recorded.get(k) != now.get(k)]
     if changed:
