@@ -136,12 +136,14 @@ LAYERS: dict[str, set[str]] = {
     "sparse": {"core", "kernels"},
     "models": {"core", "kernels", "sparse"},
     "inputs": {"core"},
-    "outputs": {"core"},
+    "tracking": {"core"},
+    "outputs": {"core", "tracking"},
     "evaluation": {"core"},
-    "generation": {"core", "kernels", "sparse", "models", "inputs", "outputs"},
+    "generation": {"core", "kernels", "sparse", "models", "inputs", "outputs", "tracking"},
     "data": {"core", "kernels", "sparse", "models", "inputs", "outputs", "generation"},
-    "batch": {"core", "inputs", "outputs", "generation"},
-    "cli": {"core", "kernels", "sparse", "models", "inputs", "outputs", "generation", "batch", "evaluation"},
+    "batch": {"core", "inputs", "outputs", "generation", "tracking"},
+    "cli": {"core", "kernels", "sparse", "models", "inputs", "outputs", "generation", "batch", "evaluation",
+            "tracking"},
     "export": {"core", "kernels", "sparse", "models", "generation", "cli"},
 }
 

@@ -46,6 +46,8 @@ class Item:
     not_written: dict | None = None
     # the input as planned (path, size, mtime): what the manifest records, taken before the work
     identity: dict | None = None
+    # topology of the output; for a consistent one, the flagged frames and mean fit (manifest: the rest)
+    tracking: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -534,6 +536,7 @@ def convert_one(generator, item: Item, settings: RunSettings, options: OutputOpt
         item.status, item.frames = "ok", len(seq)
         item.ran = {key: seq.settings.get(key) for key in RAN_KEYS}
         item.not_written = seq.stats.get("not_written") or None
+        item.tracking = tracking_summary(seq)
     except OutputExistsError as exc:  # it was absent when this item was planned
         item.status, item.error = "failed", str(exc) if options.overwrite else _appeared_meanwhile(item)
     except ClipTimeout as exc:
@@ -566,11 +569,38 @@ def _appeared_meanwhile(item: Item) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def tracking_summary(seq) -> dict:
+    """What the summary says of a sequence's topology: ``consistent`` with its flagged frames and
+    mean fit, or ``per-frame`` (with why, when tracking was asked for and could not run)."""
+    if seq.tracking is None:
+        out = {"topology": "per-frame"}
+        if seq.stats.get("tracking_skipped"):
+            out["skipped"] = seq.stats["tracking_skipped"]
+        return out
+    return {"topology": "consistent", "flagged": list(seq.tracking["flagged"]),
+            "mean_fit": seq.tracking["mean_fit"], "segments": len(seq.tracking["segments"])}
+
+
+def _tracking_note(tracking: dict | None) -> str:
+    if not tracking:
+        return ""
+    if tracking.get("skipped"):
+        return f"; per-frame meshes: not tracked ({tracking['skipped']})"
+    if tracking["topology"] != "consistent":
+        return ""
+    flagged = tracking["flagged"]
+    if not flagged:
+        return "; one topology, every frame tracked"
+    return (f"; one topology, {len(flagged)} frame{'s' if len(flagged) != 1 else ''} FLAGGED "
+            f"({', '.join(map(str, flagged))}: see manifest.json tracking)")
+
+
 def report_line(item: Item) -> str:
     """One line for the terminal: ``ok``, ``skipped`` or ``FAILED`` with the input and what happened."""
     if item.status == "ok":
         missing = "".join(f"; {name} NOT written ({why})" for name, why in (item.not_written or {}).items())
-        return f"ok      {item.input} -> {item.output} ({item.frames} meshes, {item.seconds:.1f} s){missing}"
+        return (f"ok      {item.input} -> {item.output} ({item.frames} meshes, {item.seconds:.1f} s)"
+                f"{_tracking_note(item.tracking)}{missing}")
     if item.status == "skipped":
         return f"skipped {item.input}: {item.error or f'{item.output} exists'}"
     return f"FAILED  {item.input}: {item.error}"

@@ -165,7 +165,7 @@ class ClipConverter:
         """Convert the clips of one Ray Data batch (one row per clip) and return one result row each;
         a failing clip becomes a ``failed`` row, never an exception that would kill the actor."""
         rows: dict[str, list] = {key: [] for key in ("index", "status", "error", "frames", "seconds", "ran",
-                                                     "not_written", "host")}
+                                                     "not_written", "tracking", "host")}
         for index, source, name, output, identity in zip(batch["index"], batch["input"], batch["name"],
                                                          batch["output"], batch["identity"]):
             item = Item(str(source), str(name), str(output), identity=json.loads(str(identity)))
@@ -177,7 +177,7 @@ class ClipConverter:
             for key, value in (("index", int(index)), ("status", item.status), ("error", item.error),
                                ("frames", item.frames), ("seconds", item.seconds),
                                ("ran", json.dumps(item.ran)), ("not_written", json.dumps(item.not_written)),
-                               ("host", self.host)):
+                               ("tracking", json.dumps(item.tracking)), ("host", self.host)):
                 rows[key].append(value)
         return rows
 
@@ -322,6 +322,7 @@ def _run_pipeline(ray, pending, items, model, backend, device, settings, options
             item.status, item.error, item.frames = row["status"], row["error"], int(row["frames"])
             item.seconds, item.ran = float(row["seconds"]), json.loads(row["ran"])
             item.not_written = json.loads(row["not_written"])
+            item.tracking = json.loads(row["tracking"])
             _check_visible(item, row["host"])
             on_result(item)
     except Exception as exc:  # the job stopped: what did not come back is failed with the reason

@@ -227,6 +227,21 @@ class Sequence4D:
                 out[near] = np.minimum(out[near], d)
         return out.reshape(points.shape[:-1])
 
+    def carry(self, points: np.ndarray, t_from: int, t_to: int) -> np.ndarray:
+        """The true positions at frame ``t_to`` of surface ``points [N, 3]`` at frame ``t_from``
+        (normalised coordinates): each point belongs to the part whose field is lowest there, and
+        moves with that part's rest-pose coordinates. The ground truth of tracking benchmarks."""
+        flat = np.asarray(points, np.float64).reshape(-1, 3)
+        raw = self.normalization.invert(flat)
+        fields = np.stack([part.sdf(t_from, raw) for part in self.parts])
+        owner = np.argmin(fields, axis=0)
+        out = np.empty_like(raw)
+        for k, part in enumerate(self.parts):
+            mine = owner == k
+            if mine.any():
+                out[mine] = part.to_world(t_to, part.to_local(t_from, raw[mine]))
+        return self.normalization.apply(out).reshape(np.shape(points))
+
     def occupancy(self, t: int, points: np.ndarray) -> np.ndarray:
         """Whether each world point lies inside the object at frame ``t``."""
         return self.sdf(t, points) < 0

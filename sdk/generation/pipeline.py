@@ -161,16 +161,18 @@ class Generator:
     def __call__(self, video: Any, num_frames: int | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, resolution: int | None = None,
                  decode: str = "hierarchical", noise: str = "shared", matting: str | None = None,
-                 start: float | None = None, end: float | None = None,
+                 start: float | None = None, end: float | None = None, topology: str = "consistent",
                  progress: "bool | ProgressReporter | None" = False):
         """Video (file, frame directory, or list of frames) -> ``MeshSequence``. Settings left as
-        ``None`` come from :attr:`defaults`."""
+        ``None`` come from :attr:`defaults`. ``topology="consistent"`` (default) tracks frame 0's
+        mesh through the sequence so every frame shares its faces (``MeshSequence.track``; flagged
+        frames in ``seq.tracking``); ``"per-frame"`` keeps the independent marching-cubes meshes."""
         from ..outputs.meshseq import MeshSequence
         from ..inputs.conditioning import prepare_sequence
         from ..inputs.frames import load_frames
 
         run = RunSettings(num_frames, steps, guidance, resolution, matting, seed, decode, noise, start,
-                          end).resolved(self.defaults)
+                          end, topology).resolved(self.defaults)
         num_frames, steps, guidance, resolution, matting = (run.num_frames, run.steps, run.guidance, run.resolution,
                                                             run.matting)
         sampler = SamplerSettings(steps=steps, guidance=guidance, noise=noise, seed=seed)
@@ -222,9 +224,32 @@ class Generator:
                  "dense_queries_per_frame": decode_stats[0].dense_queries if decode_stats else 0}
         images = [((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
                   for img in prepared.images.float().cpu()]
-        return MeshSequence(meshes=meshes, frame_indices=list(frames.indices), frame_times=list(frames.times),
-                            conditioning_images=images, timings=timings, settings=settings, model=model,
-                            source=frames.source, stats=stats)
+        seq = MeshSequence(meshes=meshes, frame_indices=list(frames.indices), frame_times=list(frames.times),
+                           conditioning_images=images, timings=timings, settings=settings, model=model,
+                           source=frames.source, stats=stats)
+        settings["topology"] = topology
+        if topology == "consistent":
+            seq = self._track(seq, reporter, timings)
+        return seq
+
+    @staticmethod
+    def _track(seq, reporter, timings: dict[str, float]):
+        """Stage 6: one template mesh through the sequence (``MeshSequence.track``). A sequence that
+        cannot be tracked (one frame, no surface in the template frame) keeps its per-frame meshes,
+        and ``stats["tracking_skipped"]`` says why."""
+        from ..tracking import TrackingError
+
+        if len(seq.meshes) < 2:
+            seq.stats["tracking_skipped"] = "one frame: nothing to track"
+            return seq
+        with _stage(reporter, "track", len(seq.meshes), timings):
+            try:
+                seq = seq.track(progress=lambda done, total: reporter.advance("track"))
+            except TrackingError as exc:
+                seq.stats["tracking_skipped"] = str(exc)
+        seq.timings.pop("track", None)  # the stage's own wall time (above) is the one recorded
+        seq.timings["track"] = timings["track"]
+        return seq
 
     def _what_ran(self, mcubes_used: set[str]) -> dict[str, Any]:
         """The block-sparse attention backend, marching-cubes backend, thread counts and fallbacks

@@ -17,6 +17,9 @@ from ..core.errors import GeneratorError
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DECODE_METHODS = ("hierarchical", "dense")
 NOISE_MODES = ("shared", "independent")
+# consistent: one template tracked through the sequence (sdk.tracking), one mesh that moves, as the
+# paper textures its results and as peers output; per-frame: independent marching-cubes meshes
+TOPOLOGIES = ("consistent", "per-frame")
 #: Largest marching-cubes grid: (R+1)^3 field points per frame (1024: 1.08e9 points, 4.3 GB of fp32).
 MAX_RESOLUTION = 1024
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
@@ -81,12 +84,14 @@ class RunSettings:
     noise: str = "shared"
     start: float | None = None
     end: float | None = None
+    topology: str = "consistent"
 
     def check(self, labels: dict[str, str] | None = None) -> "RunSettings":
         """Raise ``GeneratorError`` naming the first unusable setting (``labels`` renames them,
         e.g. to CLI options); returns self."""
         labels = labels or {}
-        for name, value, allowed in (("decode", self.decode, DECODE_METHODS), ("noise", self.noise, NOISE_MODES)):
+        for name, value, allowed in (("decode", self.decode, DECODE_METHODS), ("noise", self.noise, NOISE_MODES),
+                                     ("topology", self.topology, TOPOLOGIES)):
             if value not in allowed:
                 raise GeneratorError(f"{labels.get(name, name)} must be one of {', '.join(allowed)}, got {value!r}")
         check_run_settings(self.num_frames, self.steps, self.guidance, self.resolution, self.matting, self.start,

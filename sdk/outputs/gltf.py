@@ -1,20 +1,30 @@
 """``sequence.glb``: the whole mesh sequence as ONE animated glTF 2.0 binary that standard viewers
 play (three.js / ``<model-viewer>``, Blender's glTF importer, Babylon, Windows 3D Viewer).
 
-Frames have different topology, so the file uses the usual technique: one mesh and one node per
-frame under a root node ``Sculpt4D``, and one animation (``sequence``) whose STEP samplers drive
-each frame node's ``scale``: ``(1, 1, 1)`` at its own frame time, ``(0, 0, 0)`` at every other
-one. Without the animation (a viewer that does not play it) only frame 0 is visible.
+The sequence is cut into topology segments: runs of consecutive frames that share one face list
+(:func:`topology_segments`). A topology-consistent sequence (``MeshSequence.track``,
+``s4d-convert --topology consistent``) is one segment; today's per-frame meshes are one segment
+per frame. Under a root node ``Sculpt4D``:
 
-Layout, written by hand (a JSON chunk and a BIN chunk; no extension is required):
+* each segment is one node with one mesh: the segment's first frame is the base ``POSITION``
+  (and ``NORMAL``), every later frame of the segment is a morph target holding ``POSITION`` (and
+  ``NORMAL``) deltas from it, and an animation channel drives the node's ``weights``: all zero at
+  the segment's first frame time, ``1`` for target ``k`` at frame ``k + 1``'s time, ``LINEAR`` so
+  that playback moves smoothly from one frame to the next (one mesh that moves);
+* with more than one segment, STEP samplers also drive each segment node's ``scale``: ``(1, 1,
+  1)`` at the frame times of its own frames, ``(0, 0, 0)`` elsewhere (the flip-book technique for
+  meshes whose topology changes). Without the animation (a viewer that does not play it) frame 0
+  is what shows.
 
-* per frame: ``POSITION`` float32 (with the ``min``/``max`` the spec requires), ``NORMAL`` float32
-  (smooth vertex normals; ``normals=False`` leaves them out and viewers shade flat), indices
-  ``uint16`` when the frame has fewer than 65535 vertices, else ``uint32``;
-* one shared keyframe-times accessor (every sampler's ``input``) and one shared bufferView of
-  ``2T - 1`` scale rows (``0 ... 0 1 0 ... 0``): frame ``i``'s output accessor is the window of
-  ``T`` rows that puts the ``1`` at row ``i``, so the animation costs O(T) bytes, not O(T^2);
-* a frame with no surface is a node without a mesh (glTF meshes need at least one triangle).
+Layout, written by hand (a JSON chunk and a BIN chunk; no extension is required; the tests read
+it back with pygltflib, trimesh and an independent parser of their own):
+
+* ``POSITION`` float32 with the ``min``/``max`` the spec requires (on morph-target deltas too),
+  ``NORMAL`` float32 (smooth vertex normals; ``normals=False`` leaves them out and viewers shade
+  flat), indices ``uint16`` below 65535 vertices, else ``uint32``;
+* one keyframe-times accessor per weights sampler and one shared by the scale samplers; the scale rows of the flip-book are one
+  shared bufferView of ``2S - 1`` rows (``0 ... 0 1 0 ... 0``) windowed per segment, O(S) bytes;
+* a frame with no surface is a segment node without a mesh (glTF meshes need a triangle).
 
 Keyframe times (``animation_times``) are the clip's frame times in seconds (``manifest.json``'s
 ``frame_times``) when all are known and strictly increasing; otherwise ``index / fps`` with the
@@ -99,6 +109,24 @@ def _unit_normals(mesh) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def topology_segments(meshes: Sequence) -> list[tuple[int, int]]:
+    """``(first, last)`` frame of each run of consecutive frames with one face list (a frame with
+    no faces is a run of its own)."""
+    segments: list[tuple[int, int]] = []
+    previous = None
+    for i, mesh in enumerate(meshes):
+        faces = np.asarray(mesh.faces).reshape(-1, 3)
+        same = (previous is not None and len(faces) and len(faces) == len(previous) and
+                len(mesh.vertices) == len(meshes[i - 1].vertices) and
+                (faces is previous or np.array_equal(faces, previous)))
+        if same:
+            segments[-1] = (segments[-1][0], i)
+        else:
+            segments.append((i, i))
+        previous = faces
+    return segments
+
+
 def build_glb(meshes: Sequence, frame_times: Sequence[float | None] = (), normals: bool = True,
               generator: str = "sculpt4d-sdk") -> bytes:
     """The bytes of the animated GLB (see the module docstring)."""
@@ -106,6 +134,7 @@ def build_glb(meshes: Sequence, frame_times: Sequence[float | None] = (), normal
     if n == 0:
         raise ValueError("an animated glTF needs at least one frame")
     times = np.asarray(animation_times(frame_times, n), np.float32)
+    segments = topology_segments(meshes)
     buf = _Bin()
     accessors: list[dict] = []
 
@@ -116,48 +145,87 @@ def build_glb(meshes: Sequence, frame_times: Sequence[float | None] = (), normal
         accessors.append(acc)
         return len(accessors) - 1
 
+    def vec3(values: np.ndarray, bounds: bool) -> int:
+        values = np.ascontiguousarray(values, np.float32)
+        extra = {"min": [float(x) for x in values.min(0)], "max": [float(x) for x in values.max(0)]} if bounds else {}
+        return accessor(buf.add(values.tobytes(), ARRAY_BUFFER), FLOAT, len(values), "VEC3", **extra)
+
     linear = [round(float(c) ** 2.2, 4) for c in BASE_COLOR]
     gltf: dict = {
         "asset": {"version": "2.0", "generator": generator},
         "scene": 0,
         "scenes": [{"name": "Sculpt4D", "nodes": [0]}],
-        "nodes": [{"name": "Sculpt4D", "children": list(range(1, n + 1))}],
+        "nodes": [{"name": "Sculpt4D", "children": list(range(1, len(segments) + 1))}],
         "meshes": [],
         "materials": [{"name": "sculpt4d", "pbrMetallicRoughness": {
             "baseColorFactor": linear + [1.0], "metallicFactor": 0.0, "roughnessFactor": 0.7}}],
     }
-    for i, mesh in enumerate(meshes):
-        node = {"name": f"frame_{i:04d}", "scale": [1.0, 1.0, 1.0] if i == 0 else [0.0, 0.0, 0.0]}
-        faces = np.asarray(mesh.faces, np.int64).reshape(-1, 3)
+    samplers, channels = [], []
+    for s, (first, last) in enumerate(segments):
+        name = f"frame_{first:04d}" if first == last else ("sequence" if len(segments) == 1
+                                                           else f"frames_{first:04d}_{last:04d}")
+        node = {"name": name}
+        if len(segments) > 1:
+            node["scale"] = [1.0, 1.0, 1.0] if first == 0 else [0.0, 0.0, 0.0]
+        base = meshes[first]
+        faces = np.asarray(base.faces, np.int64).reshape(-1, 3)
         if len(faces):
-            verts = np.ascontiguousarray(np.asarray(mesh.vertices, np.float32).reshape(-1, 3))
-            pos = accessor(buf.add(verts.tobytes(), ARRAY_BUFFER), FLOAT, len(verts), "VEC3",
-                           min=[float(x) for x in verts.min(0)], max=[float(x) for x in verts.max(0)])
-            attributes = {"POSITION": pos}
+            verts = np.asarray(base.vertices, np.float32).reshape(-1, 3)
+            attributes = {"POSITION": vec3(verts, True)}
+            base_normals = _unit_normals(base) if normals else None
             if normals:
-                attributes["NORMAL"] = accessor(buf.add(_unit_normals(mesh).tobytes(), ARRAY_BUFFER), FLOAT,
-                                                len(verts), "VEC3")
+                attributes["NORMAL"] = vec3(base_normals, False)
             # 65535 is the primitive-restart value of uint16 indices, which glTF forbids
             itype, dtype = (UINT16, np.uint16) if len(verts) < 65535 else (UINT32, np.uint32)
             idx = accessor(buf.add(faces.astype(dtype).tobytes(), ELEMENT_ARRAY_BUFFER), itype, faces.size,
                            "SCALAR")
-            gltf["meshes"].append({"name": f"frame_{i:04d}", "primitives": [
-                {"attributes": attributes, "indices": idx, "material": 0, "mode": 4}]})
+            primitive = {"attributes": attributes, "indices": idx, "material": 0, "mode": 4}
+            mesh_entry = {"name": name, "primitives": [primitive]}
+            if last > first:
+                targets = []
+                for i in range(first + 1, last + 1):
+                    target = {"POSITION": vec3(np.asarray(meshes[i].vertices, np.float32).reshape(-1, 3) - verts,
+                                               True)}
+                    if normals:
+                        target["NORMAL"] = vec3(_unit_normals(meshes[i]) - base_normals, False)
+                    targets.append(target)
+                primitive["targets"] = targets
+                mesh_entry["weights"] = [0.0] * len(targets)
+                mesh_entry["extras"] = {"targetNames": [f"frame_{i:04d}" for i in range(first + 1, last + 1)]}
+                # weights at the segment's frame times: none at its first frame, target k at frame k + 1
+                k = last - first
+                weights = np.zeros((k + 1, k), np.float32)
+                weights[np.arange(1, k + 1), np.arange(k)] = 1.0
+                seg_times = accessor(buf.add(times[first:last + 1].tobytes()), FLOAT, k + 1, "SCALAR",
+                                     min=[float(times[first])], max=[float(times[last])])
+                out = accessor(buf.add(weights.tobytes()), FLOAT, weights.size, "SCALAR")
+                samplers.append({"input": seg_times, "output": out, "interpolation": "LINEAR"})
+                channels.append({"sampler": len(samplers) - 1, "target": {"node": s + 1, "path": "weights"}})
+            gltf["meshes"].append(mesh_entry)
             node["mesh"] = len(gltf["meshes"]) - 1
         gltf["nodes"].append(node)
     if not gltf["meshes"]:
         del gltf["meshes"]
-    time_acc = accessor(buf.add(times.tobytes()), FLOAT, n, "SCALAR", min=[float(times.min())],
-                        max=[float(times.max())])
-    rows = np.zeros((2 * n - 1, 3), np.float32)
-    rows[n - 1] = 1.0
-    rows_view = buf.add(rows.tobytes())
-    samplers, channels = [], []
-    for i in range(n):  # rows n-1-i .. 2n-2-i: the 1 lands on keyframe i
-        out = accessor(rows_view, FLOAT, n, "VEC3", offset=(n - 1 - i) * 12)
-        samplers.append({"input": time_acc, "output": out, "interpolation": "STEP"})
-        channels.append({"sampler": i, "target": {"node": i + 1, "path": "scale"}})
+    if len(segments) > 1:  # flip-book visibility: segment s is shown during its own frames
+        rows = np.zeros((2 * n - 1, 3), np.float32)
+        rows[n - 1] = 1.0
+        visible = np.zeros((len(segments), n), bool)
+        for s, (first, last) in enumerate(segments):
+            visible[s, first:last + 1] = True
+        time_acc = accessor(buf.add(times.tobytes()), FLOAT, n, "SCALAR", min=[float(times.min())],
+                            max=[float(times.max())])
+        if all(first == last for first, last in segments):  # one frame each: windows of one shared view
+            rows_view = buf.add(rows.tobytes())
+            outs = [accessor(rows_view, FLOAT, n, "VEC3", offset=(n - 1 - s) * 12) for s in range(n)]
+        else:
+            outs = [accessor(buf.add(np.repeat(visible[s][:, None], 3, 1).astype(np.float32).tobytes()), FLOAT, n,
+                             "VEC3") for s in range(len(segments))]
+        for s, out in enumerate(outs):
+            samplers.append({"input": time_acc, "output": out, "interpolation": "STEP"})
+            channels.append({"sampler": len(samplers) - 1, "target": {"node": s + 1, "path": "scale"}})
     gltf["animations"] = [{"name": "sequence", "samplers": samplers, "channels": channels}]
+    if not channels:  # one frame: nothing moves
+        del gltf["animations"]
     gltf["accessors"] = accessors
     gltf["bufferViews"] = buf.views
     blob = buf.blob()

@@ -2,14 +2,16 @@
 
 Output directory layout (``MeshSequence.save``)::
 
-    frame_0000.glb ...           one mesh per sampled frame, in every requested format (glb, obj, ply)
-    sequence.usda                time-sampled points + topology (formats containing "usd")
+    frame_0000.glb ...           one mesh per sampled frame, in every requested format (glb, obj, ply);
+                                 after ``track()`` every frame has the same faces (one topology)
+    sequence.usda                time-sampled points; topology once per topology segment (formats containing "usd")
     conditioning/cond_0000.png   the preprocessed conditioning images
     contact_sheet.png            a few frames: conditioning image above, rendered mesh below
     sequence.glb                 one animated glTF of the whole sequence (sdk.outputs.gltf)
     preview.mp4                  conditioning frame | rendered mesh, at the clip's frame rate (sdk.outputs.preview)
     viewer.html                  a self-contained page that plays the sequence (sdk.outputs.viewer)
-    manifest.json                frames, times, seed, model, settings, timings, versions, files
+    manifest.json                frames, times, seed, model, settings, timings, versions, files, and
+                                 ``topology`` (``per-frame`` or ``consistent``) with the ``tracking`` report
 
 Everything is written into a temporary directory beside the target and renamed into place at
 the end, so an interrupted run never leaves a half-written output. An existing directory is
@@ -59,6 +61,28 @@ class MeshSequence:
     # which input this is the conversion of (path or URI, size, mtime), recorded so that a rerun
     # can tell its own earlier output from another input's (s4d-convert --skip-existing)
     input_identity: dict[str, Any] | None = None
+    # the tracking report (sdk.tracking.TrackedSequence.report) when the meshes share one topology
+    tracking: dict[str, Any] | None = None
+
+    @property
+    def topology(self) -> str:
+        """``consistent`` when the meshes are one template tracked through the sequence
+        (:meth:`track`), else ``per-frame`` (independent meshes, one per frame)."""
+        return "consistent" if self.tracking is not None else "per-frame"
+
+    def track(self, options=None, progress=None) -> "MeshSequence":
+        """This sequence with topology-consistent meshes: one template (frame 0 unless
+        ``options.template``) deformed through every frame (``sdk.tracking.track_meshes``), so every
+        frame has the template's faces; the report (per-frame fit, distortion, flags) goes into
+        :attr:`tracking` and the manifest. ``options``: a ``sdk.tracking.TrackingOptions``;
+        ``progress(done, total)`` after each frame."""
+        import dataclasses
+
+        from ..tracking import TrackingOptions, track_meshes
+
+        tracked = track_meshes(self.meshes, options or TrackingOptions(), progress)
+        return dataclasses.replace(self, meshes=tracked.meshes(), tracking=tracked.report(),
+                                   timings={**self.timings, "track": tracked.seconds}, stats=dict(self.stats))
 
     def __len__(self) -> int:
         return len(self.meshes)
@@ -78,6 +102,8 @@ class MeshSequence:
             "frame_times": list(self.frame_times),
             "meshes": [{"vertices": int(len(m.vertices)), "faces": int(len(m.faces)),
                         "watertight": bool(m.is_watertight) if len(m.faces) else False} for m in self.meshes],
+            "topology": self.topology,
+            **({"tracking": self.tracking} if self.tracking is not None else {}),
             "seed": self.settings.get("seed"),
             "model": self.model,
             "settings": self.settings,
@@ -172,11 +198,18 @@ def _export_mesh(mesh, path: Path, fmt: str) -> None:
 
 
 def write_usd_sequence(meshes: Sequence, path: Path, frame_times: Sequence[float | None] = ()) -> None:
-    """One ``UsdGeom.Mesh`` (``/Sculpt4D/mesh``) whose points, topology and extent are
-    time-sampled at time codes 0..T-1. ``timeCodesPerSecond`` is the sampled frame rate when the
-    source times are known, else 24. Topology varies per frame (Blender's Mesh Sequence Cache
-    and usdview read it)."""
+    """One ``UsdGeom.Mesh`` (``/Sculpt4D/mesh``) whose points and extent are time-sampled at time
+    codes 0..T-1. ``timeCodesPerSecond`` is the sampled frame rate when the source times are known,
+    else 24. The topology (face counts and indices) is written once per topology segment
+    (``sdk.outputs.gltf.topology_segments``): one default value for a topology-consistent sequence,
+    a time sample at each frame for per-frame meshes (USD holds a sample until the next one;
+    Blender's Mesh Sequence Cache and usdview read both)."""
     from pxr import Gf, Usd, UsdGeom, Vt
+
+    from .gltf import topology_segments
+
+    segments = topology_segments(meshes)
+    starts = {first for first, _ in segments}
 
     stage = Usd.Stage.CreateNew(str(path))
     UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y)
@@ -196,8 +229,12 @@ def write_usd_sequence(meshes: Sequence, path: Path, frame_times: Sequence[float
         verts = np.asarray(mesh.vertices, dtype=np.float32).reshape(-1, 3)
         faces = np.asarray(mesh.faces, dtype=np.int32).reshape(-1, 3)
         points.Set(Vt.Vec3fArray.FromNumpy(verts), i)
-        counts.Set(Vt.IntArray.FromNumpy(np.full(len(faces), 3, dtype=np.int32)), i)
-        indices.Set(Vt.IntArray.FromNumpy(faces.reshape(-1)), i)
+        if len(segments) == 1 and i == 0:  # one topology: a plain (untimed) value
+            counts.Set(Vt.IntArray.FromNumpy(np.full(len(faces), 3, dtype=np.int32)))
+            indices.Set(Vt.IntArray.FromNumpy(faces.reshape(-1)))
+        elif len(segments) > 1 and i in starts:
+            counts.Set(Vt.IntArray.FromNumpy(np.full(len(faces), 3, dtype=np.int32)), i)
+            indices.Set(Vt.IntArray.FromNumpy(faces.reshape(-1)), i)
         lo = verts.min(0) if len(verts) else np.zeros(3, np.float32)
         hi = verts.max(0) if len(verts) else np.zeros(3, np.float32)
         extent.Set(Vt.Vec3fArray([Gf.Vec3f(*map(float, lo)), Gf.Vec3f(*map(float, hi))]), i)
