@@ -33,9 +33,15 @@ def test_generator_end_to_end(tmp_path, generator):
             pass
 
     seq = generator(video, seed=3, progress=Recorder(), **FAST)
-    assert [s for s, _ in stages] == ["frames", "condition", "sample", "decode", "mesh"]
+    assert [s for s, _ in stages] == ["frames", "condition", "sample", "decode", "mesh", "track"]
     assert len(seq) == 4 and seq.frame_indices == sorted(seq.frame_indices)
-    assert set(seq.timings) == {"frames", "condition", "sample", "decode", "mesh"}
+    assert set(seq.timings) == {"frames", "condition", "sample", "decode", "mesh", "track"}
+    # topology="consistent" (the default): one face list, or per-frame meshes and the reason why not
+    assert seq.topology == "consistent" or seq.stats["tracking_skipped"]
+    if seq.topology == "consistent":
+        assert all(np.array_equal(m.faces, seq.meshes[0].faces) for m in seq.meshes)
+    per_frame = generator(video, seed=3, topology="per-frame", **FAST)
+    assert per_frame.topology == "per-frame" and "track" not in per_frame.timings
     assert any(len(m.faces) for m in seq.meshes), "the tiny random field should cross zero somewhere"
     for mesh in seq.meshes:
         if len(mesh.vertices):

@@ -236,7 +236,9 @@ class Generator:
     def _track(seq, reporter, timings: dict[str, float]):
         """Stage 6: one template mesh through the sequence (``MeshSequence.track``). A sequence that
         cannot be tracked (one frame, no surface in the template frame) keeps its per-frame meshes,
-        and ``stats["tracking_skipped"]`` says why."""
+        and ``stats["tracking_skipped"]`` says why. Tracked vertices stay in the world box like the
+        decoded surfaces (a fit can overshoot a surface that ends at the box)."""
+        from ..core.grid import WorldBox
         from ..tracking import TrackingError
 
         if len(seq.meshes) < 2:
@@ -245,6 +247,9 @@ class Generator:
         with _stage(reporter, "track", len(seq.meshes), timings):
             try:
                 seq = seq.track(progress=lambda done, total: reporter.advance("track"))
+                box = WorldBox()
+                for mesh in seq.meshes:
+                    mesh.vertices = np.clip(np.asarray(mesh.vertices), box.min, box.max)
             except TrackingError as exc:
                 seq.stats["tracking_skipped"] = str(exc)
         seq.timings.pop("track", None)  # the stage's own wall time (above) is the one recorded

@@ -29,8 +29,9 @@ from scipy.spatial import cKDTree
 from .arap import ArapSystem, unique_edges
 from .closest import SurfaceIndex
 from .quality import Topology, box_diagonal, edge_distortion, topology, vertex_normals
-from .rigid import icp
+from .rigid import icp, similarity_transform
 
+RIGID_GAIN = 0.2
 ON_FAILURE = ("continue", "retemplate")
 ALIGNMENTS = ("rigid", "similarity", "none")
 
@@ -52,7 +53,7 @@ class TrackingOptions:
     reverse_weight: float = 1.0        # frame -> tracked pairs, against tracked -> frame ones
     tangential_weight: float = 0.02    # data weight along the surface, against across it (1: point-to-point)
     cg_iterations: int = 4             # conjugate-gradient steps of a point-to-plane global step
-    extrapolate: float = 1.0           # start each frame at x_(t-1) + extrapolate * (x_(t-1) - x_(t-2))
+    extrapolate: float = 1.0           # also try each frame from the previous motion continued (predict); 0: not
     target_samples: int = 20000        # frame surface points for the reverse pairs (its vertices, thinned)
     normal_agreement: float = 0.0      # pairs whose normals' cosine is below this are dropped
     max_fit: float = 0.01              # flag a frame whose fit exceeds this share of the template's box diagonal
@@ -252,31 +253,25 @@ class _Fitter:
         if opts.alignment == "none" and len(starts) > 1:  # the start whose points lie closer to the frame
             x = min(starts, key=lambda s: float(np.mean(target.closest(s[self.icp_index])[0] ** 2)))
         if opts.alignment != "none":
-            icp_samples = samples
-            if len(icp_samples) > opts.icp_samples:
-                icp_samples = icp_samples[np.random.default_rng(opts.seed).choice(len(icp_samples), opts.icp_samples,
-                                                                                  replace=False)]
-            target_tree = cKDTree(frame_v)
             # the previous frame's motion again (constant velocity) first; from rest too when that
             # guess ends poorly (a change of direction)
             guesses = [(np.eye(3), np.zeros(3))]
             if motion is not None and (np.abs(motion[0] - np.eye(3)).max() > 0.02 or
                                        np.linalg.norm(motion[1]) > self.edge_length):
                 guesses.insert(0, motion)  # a real motion: try it first
+            # the previous frame's pose moved rigidly (ICP) when that explains nearly all of the
+            # mismatch (a rigid motion); else the motion continued (predict) without ICP, which
+            # would only turn or slide a shape that deforms in place (squash, bend, swinging limbs)
             best = None
-            for k, start in enumerate(starts):
-                # a later start (no extrapolation) must be clearly better: extrapolation is right
-                # for smooth motion even where its rigid fit is a little worse
-                handicap = 1.0 if k == 0 else 4.0
-                for guess in guesses if k > 0 or len(starts) == 1 else guesses[-1:]:
-                    a, t, err = icp(start[self.icp_index], target_tree, icp_samples, opts.icp_iterations,
-                                    scale=opts.alignment == "similarity", init=guess)
-                    if best is None or err * handicap < best[2]:
-                        best = (a, t, err * handicap, start)
-                    if err <= self.edge_length ** 2:
-                        break
-            a, t, _, x = best
-            x = x @ a.T + t
+            for guess in guesses:
+                a, t, err, before = icp(starts[-1][self.icp_index], target, opts.icp_iterations,
+                                        scale=opts.alignment == "similarity", init=guess)
+                if best is None or err < best[2]:
+                    best = (a, t, err, before)
+            a, t, err, before = best
+            x = starts[-1] @ a.T + t
+            if err > RIGID_GAIN * before:
+                a, t, x = np.eye(3), np.zeros(3), starts[0]
         reject = max(0.1 * self.diagonal, 4 * self.edge_length)
         # the template's size in this frame: the rest shape grows and shrinks with the global motion
         scale = 1.0
@@ -333,6 +328,16 @@ class _Fitter:
                              bool(reasons), reasons, seconds)
 
 
+def predict(before: np.ndarray, now: np.ndarray, amount: float = 1.0) -> np.ndarray:
+    """Where the vertices go next at constant velocity, in the object's own moving frame: the rigid
+    motion from ``before`` to ``now`` once more, plus ``amount`` times the non-rigid change (a bend
+    or twist goes on bending), turned with it. Exact for a steady rigid turn, where moving each
+    vertex along its own straight line would shrink the shape."""
+    a, b = similarity_transform(before, now)
+    change = now - (before @ a.T + b)
+    return now @ a.T + b + amount * (change @ a.T)
+
+
 def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
                  progress: Callable[[int, int], None] | None = None) -> TrackedSequence:
     """Deform one template through ``meshes`` (``trimesh.Trimesh`` or ``(vertices, faces)`` per
@@ -360,9 +365,9 @@ def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
             if i == seg.template:
                 x = fitter.rest.copy()
             elif len(f):
-                # also from constant velocity: each vertex keeps going as it went (bends and twists continue)
+                # also from constant velocity: the motion and the deformation go on as they went
                 starts = [x] if previous is None or not options.extrapolate else \
-                    [x + options.extrapolate * (x - previous), x]
+                    [predict(previous, x, options.extrapolate), x]
                 previous = x
                 x, a, t, rot, index = fitter.fit(starts, v, f, motion, rot)
                 motion = (a, t)

@@ -8,7 +8,7 @@ Each ICP step pairs every template sample with its closest target vertex and eve
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
+from .closest import SurfaceIndex
 
 
 
@@ -50,33 +50,56 @@ def trimmed(distances: np.ndarray, keep: float) -> np.ndarray:
     return distances <= cut
 
 
-def icp(template: np.ndarray, target: cKDTree, target_samples: np.ndarray, iterations: int = 30,
-        keep: float = 0.9, scale: bool = False, tolerance: float = 1e-6,
-        init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """The transform ``(A, t)`` that best lays the ``template`` points onto the ``target`` points
-    (two-way, trimmed point-to-point ICP from ``init``, default the identity), and its final mean
-    squared pair distance. ``target`` is a KD-tree of dense points on the target surface (its
-    vertices); ``target_samples`` a subset, paired with their closest template point in the reverse
-    direction. Point-to-point on dense vertices is as good as point-to-surface for the global
-    motion and several times cheaper; the non-rigid fit that follows uses exact closest points."""
+DAMPING = 1e-3  # of the mean diagonal of the normal equations
+
+
+def rodrigues(omega: np.ndarray) -> np.ndarray:
+    """The rotation by ``|omega|`` radians about ``omega``."""
+    angle = float(np.linalg.norm(omega))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = omega / angle
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
+def icp(template: np.ndarray, target: SurfaceIndex, iterations: int = 20, keep: float = 0.9,
+        scale: bool = False, tolerance: float = 1e-6,
+        init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The transform ``(A, t)`` that best lays the ``template`` points onto the ``target`` surface,
+    and the mean squared distance of ALL the points to the surface at the end and at ``init`` (all,
+    not the kept pairs: a fit that is good only because it dropped a part is not good): trimmed point-to-plane
+    ICP (Chen & Medioni) from ``init`` (default the identity) on exact closest points, each step
+    a linearised least-squares solve for a small rotation, translation (and scale). Unlike pairing
+    with the target's vertices it has no floor at the vertex spacing, so a rigid motion is found
+    exactly and nothing slides along the surface from frame to frame."""
     src = np.asarray(template, np.float64)
-    tree = cKDTree(src)
     a, t = (np.eye(3), np.zeros(3)) if init is None else (np.asarray(init[0], np.float64), np.asarray(init[1], np.float64))
-    previous = err = np.inf
+    err = first = np.inf
     for _ in range(iterations):
         moved = src @ a.T + t
-        d_fwd, nearest_target = target.query(moved)
-        closest = target.data[nearest_target]
-        # reverse pairs: the template point whose current position is closest to a target sample
-        inv = np.linalg.inv(a)
-        d_rev, nearest = tree.query((target_samples - t) @ inv.T)
-        d_rev = d_rev * abs(np.linalg.det(a)) ** (1 / 3)
-        keep_f, keep_r = trimmed(d_fwd, keep), trimmed(d_rev, keep)
-        pairs_src = np.concatenate([src[keep_f], src[nearest[keep_r]]])
-        pairs_dst = np.concatenate([closest[keep_f], target_samples[keep_r]])
-        err = float(np.mean(d_fwd[keep_f] ** 2) + np.mean(d_rev[keep_r] ** 2))
-        if previous - err < tolerance * max(previous, 1e-12):
+        dist, face, closest = target.query(moved)
+        normals = target.face_normals[face]
+        kept = trimmed(dist, keep)
+        p, q, n = moved[kept], closest[kept], normals[kept]
+        residual = ((q - p) * n).sum(1)
+        previous, err = err, float(np.mean(residual ** 2))
+        if first == np.inf:
+            first = float(np.mean(dist ** 2))
+        if previous - err < tolerance * max(previous, 1e-12) and previous < np.inf:
             break
-        a, t = similarity_transform(pairs_src, pairs_dst, scale=scale)
-        previous = err
-    return a, t, err
+        center = p.mean(0)
+        rows = [np.cross(p - center, n), n] + ([((p - center) * n).sum(1, keepdims=True)] if scale else [])
+        system = np.concatenate(rows, 1)
+        # damped: a motion the surface does not pin down (a sphere's spin, a cylinder's slide along
+        # its axis) stays where it is instead of following the noise
+        normal = system.T @ system
+        normal += DAMPING * np.trace(normal) / len(normal) * np.eye(len(normal))
+        step = np.linalg.solve(normal, system.T @ residual)
+        rot = rodrigues(step[:3])
+        grow = 1.0 + (step[6] if scale else 0.0)
+        # p -> grow * rot (p - center) + center + step[3:6]
+        a = grow * rot @ a
+        t = grow * rot @ (t - center) + center + step[3:6]
+    dist, _, _ = target.query(src @ a.T + t)
+    return a, t, float(np.mean(dist ** 2)), first
