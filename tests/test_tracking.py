@@ -400,3 +400,33 @@ def test_s4d_track_reads_an_s4d_convert_output(tmp_path):
     manifest = json.loads((tmp_path / "out" / "clip" / "manifest.json").read_text())
     assert manifest["frame_times"] == [0.0, 0.2, 0.4] and manifest["source"] == "clip.mp4"
     assert "preview.mp4" in manifest["files"] and "conditioning/cond_0002.png" in manifest["files"]
+
+
+def test_s4d_track_flags_an_empty_frame_of_an_s4d_convert_output(tmp_path):
+    from sdk.cli.track import app
+
+    v, f = small_mesh(11)
+    meshes = [trimesh.Trimesh(v, f, process=False), trimesh.Trimesh(), trimesh.Trimesh(v + 0.01, f, process=False)]
+    MeshSequence(meshes, [0, 1, 2], [0.0, 0.1, 0.2], []).save(tmp_path / "conv", formats=("ply",), preview=False,
+                                                                viewer=False, contact_sheet=False)
+    res = CliRunner().invoke(app, [str(tmp_path / "conv"), "-o", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 1, res.output
+    item = json.loads(res.stdout)["items"][0]
+    assert item["flagged"] == [1] and item["reasons"]["1"] == ["the frame has no surface"]
+
+
+def test_s4d_convert_topology_option(tmp_path):
+    from sdk.cli.convert import app
+
+    from test_pipeline import CLI_FAST, write_video
+
+    video = write_video(tmp_path / "clip.mp4")
+    res = CliRunner().invoke(app, [str(video), "-o", str(tmp_path / "o"), *CLI_FAST, "--topology", "sideways"])
+    assert res.exit_code == 2 and "--topology" in res.output
+    res = CliRunner().invoke(app, [str(video), "-o", str(tmp_path / "o"), *CLI_FAST, "--topology", "per-frame",
+                                   "--json", "--no-preview", "--no-viewer"])
+    assert res.exit_code == 0, res.output
+    item = json.loads(res.stdout)["items"][0]
+    assert item["tracking"] == {"topology": "per-frame"}
+    manifest = json.loads((tmp_path / "o" / "clip" / "manifest.json").read_text())
+    assert manifest["topology"] == "per-frame" and manifest["settings"]["topology"] == "per-frame"

@@ -51,7 +51,9 @@ def _load_mesh(path: Path):
         raise TrackInputError(f"{path} is empty (0 bytes), not a mesh file")
     if size > MAX_MESH_BYTES:
         raise TrackInputError(f"{path} is {size} bytes; one frame may be at most {MAX_MESH_BYTES} bytes")
-    if path.read_bytes()[:64].startswith(b"ply") and b"element vertex 0\n" in path.read_bytes()[:256]:
+    with open(path, "rb") as handle:
+        head = handle.read(256)
+    if head.startswith(b"ply") and b"element vertex 0\n" in head:
         return trimesh.Trimesh()  # the empty frame s4d-convert writes when a frame had no surface
     try:
         mesh = trimesh.load(str(path), force="mesh")  # parsers only: no file format here runs code
