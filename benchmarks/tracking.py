@@ -166,7 +166,8 @@ def main() -> None:
             rows.append(row)
             print(f"{row['motion']:12s} {row['seed']} drift {row['drift']:.4f} baseline {row['baseline']:.4f} "
                   f"fit {row['fit']:.5f} flagged {row['flagged']} {row['seconds']:.1f} s", file=sys.stderr, flush=True)
-    print(table(rows, f"Synthetic held-out sequences ({args.frames} frames, marching cubes R = {args.resolution})"))
+    if rows:
+        print(table(rows, f"Synthetic held-out sequences ({args.frames} frames, marching cubes R = {args.resolution})"))
     demo_rows = []
     if args.demo:
         with ProcessPoolExecutor(args.jobs) as pool:

@@ -31,8 +31,9 @@ from .closest import SurfaceIndex
 from .quality import Topology, box_diagonal, edge_distortion, topology, vertex_normals
 from .rigid import icp, similarity_transform
 
-RIGID_GAIN = 0.2
 ON_FAILURE = ("continue", "retemplate")
+MAX_FIRST_TURN = 1.0    # radians ICP may turn the shape in a frame with no motion history
+MAX_TURN_CHANGE = 0.25  # radians ICP's turn may differ from the last one (plus half the last one)
 ALIGNMENTS = ("rigid", "similarity", "none")
 
 
@@ -46,6 +47,7 @@ class TrackingOptions:
 
     template: int = 0                  # frame whose mesh is deformed through the sequence
     alignment: str = "similarity"      # per-frame global motion: similarity (rigid + one scale), rigid or none
+    rigid_threshold: float = 0.2       # ICP's motion is taken when it leaves at most this share of the mismatch
     icp_iterations: int = 20
     icp_samples: int = 1000            # template points the ICP uses (a random, fixed subset)
     data_weights: tuple[float, ...] = (1.0, 8.0)  # lam per stage, stiff -> loose
@@ -78,7 +80,7 @@ class TrackingOptions:
                 raise TrackingError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (np.isfinite(self.tangential_weight) and 0 < self.tangential_weight <= 1):
             raise TrackingError(f"tangential_weight must be in (0, 1], got {self.tangential_weight}")
-        for name in ("reverse_weight", "max_fit", "max_uncovered", "extrapolate"):
+        for name in ("reverse_weight", "max_fit", "max_uncovered", "extrapolate", "rigid_threshold"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
                 raise TrackingError(f"{name} must be a finite number >= 0, got {value}")
@@ -210,6 +212,7 @@ class _Fitter:
         rng = np.random.default_rng(options.seed)
         n = len(vertices)
         self.icp_index = rng.choice(n, size=min(n, options.icp_samples), replace=False)
+        self.last_energy = 0.0  # relative ARAP energy of the frame fitted last
 
     def _pairs(self, x: np.ndarray, target: SurfaceIndex, samples: np.ndarray, sample_normals: np.ndarray,
                reject: float) -> tuple[np.ndarray, np.ndarray]:
@@ -232,13 +235,15 @@ class _Fitter:
         return num / den[:, None], target.face_normals[face]
 
     def fit(self, starts: list[np.ndarray], frame_v: np.ndarray, frame_f: np.ndarray,
-            motion: tuple[np.ndarray, np.ndarray] | None = None,
-            rotations: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, SurfaceIndex]:
-        """The template's vertices laid onto this frame, starting from the best of ``starts`` (the
-        previous frame's vertices, and their constant-velocity extrapolation) after global alignment
-        (from rest, and from ``motion``, the previous frame's global motion); returns the vertices,
-        this frame's global motion ``(A, t)``, the vertices' rotations (``rotations``: the previous
-        frame's, a warm start) and the frame's closest-point index."""
+            motion: tuple[np.ndarray, np.ndarray] | None = None, rotations: np.ndarray | None = None,
+            turn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, SurfaceIndex]:
+        """The template's vertices laid onto this frame. ``starts`` are the previous frame's vertices,
+        last, and (first) their prediction (:func:`predict`); the start is the previous vertices
+        moved by ICP (from rest, and from ``motion``, the previous frame's global motion) when that
+        motion explains the mismatch (``rigid_threshold``), else the first start as it is. Returns
+        the vertices, this frame's global motion ``(A, t)``, the vertices' rotations
+        (``rotations``: the previous frame's, a warm start) and the frame's closest-point index.
+        ``turn`` is the last frame-to-frame rotation: ICP's rotation may not stray far from it."""
         opts = self.options
         target = SurfaceIndex(frame_v, frame_f)
         samples = frame_v
@@ -270,7 +275,12 @@ class _Fitter:
                     best = (a, t, err, before)
             a, t, err, before = best
             x = starts[-1] @ a.T + t
-            if err > RIGID_GAIN * before:
+            # nor a sudden turn far from the last one: on a near-symmetric shape (a straight bar) a
+            # spin about its axis explains the data as well as the small true motion
+            u, _, vt = np.linalg.svd(a)
+            allowed = MAX_FIRST_TURN if turn is None else MAX_TURN_CHANGE + 0.5 * rotation_angle(turn)
+            if err > opts.rigid_threshold * before or rotation_angle((u @ vt) @ (turn if turn is not None
+                                                                                  else np.eye(3)).T) > allowed:
                 a, t, x = np.eye(3), np.zeros(3), starts[0]
         reject = max(0.1 * self.diagonal, 4 * self.edge_length)
         # the template's size in this frame: the rest shape grows and shrinks with the global motion
@@ -284,6 +294,24 @@ class _Fitter:
             rot = (u @ vt) @ rotations
         elif rotations is not None:
             rot = rotations
+        deform = lambda x, rot: self._deform(x, rot, target, samples, sample_normals, reject, scale)  # noqa: E731
+        x, rot = deform(x, rot)
+        energy = self.relative_energy(x, rot)
+        if not np.allclose(a, np.eye(3)) and energy > 2 * self.last_energy + 1e-4 and len(starts) > 1:
+            # the accepted rigid motion bent the shape out of the way: a symmetric shape's false
+            # turn (a near-straight bar spun about its axis). Fit from the prediction too; keep
+            # the less distorted.
+            x2, rot2 = deform(starts[0], rotations)
+            energy2 = self.relative_energy(x2, rot2)
+            if energy2 < energy:
+                x, rot, energy, a, t = x2, rot2, energy2, np.eye(3), np.zeros(3)
+        self.last_energy = energy
+        return x, a, t, rot, target
+
+    def _deform(self, x: np.ndarray, rot: np.ndarray | None, target: SurfaceIndex, samples: np.ndarray,
+                sample_normals: np.ndarray, reject: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """The as-rigid-as-possible fit from ``x`` (stiff to loose); returns vertices and rotations."""
+        opts = self.options
         for lam in opts.data_weights:
             for _ in range(opts.iterations_per_weight):
                 goal, normals = self._pairs(x, target, samples, sample_normals, reject)
@@ -293,7 +321,11 @@ class _Fitter:
                                                 opts.cg_iterations, scale)
                 else:
                     x = self.system.global_step(rot, goal, lam, rest_scale=scale)
-        return x, a, t, rot, target
+        return x, rot
+
+    def relative_energy(self, x: np.ndarray, rot: np.ndarray) -> float:
+        """ARAP energy of ``x`` with rotations ``rot``, relative to the template's ``sum w |e|^2``."""
+        return float(self.system.energy(x, rot).sum() / self.rest_norm)
 
     def assess(self, index: int, segment: int, x: np.ndarray, frame_v: np.ndarray, frame_f: np.ndarray,
                seconds: float, frame_index: SurfaceIndex | None = None,
@@ -328,14 +360,19 @@ class _Fitter:
                              bool(reasons), reasons, seconds)
 
 
-def predict(before: np.ndarray, now: np.ndarray, amount: float = 1.0) -> np.ndarray:
+def rotation_angle(rot: np.ndarray) -> float:
+    """The angle in radians of a rotation matrix."""
+    return float(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def predict(before: np.ndarray, now: np.ndarray, amount: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Where the vertices go next at constant velocity, in the object's own moving frame: the rigid
     motion from ``before`` to ``now`` once more, plus ``amount`` times the non-rigid change (a bend
-    or twist goes on bending), turned with it. Exact for a steady rigid turn, where moving each
-    vertex along its own straight line would shrink the shape."""
+    or twist goes on bending), turned with it; and that rigid motion's rotation. Exact for a steady
+    rigid turn, where moving each vertex along its own straight line would shrink the shape."""
     a, b = similarity_transform(before, now)
     change = now - (before @ a.T + b)
-    return now @ a.T + b + amount * (change @ a.T)
+    return now @ a.T + b + amount * (change @ a.T), a
 
 
 def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
@@ -364,12 +401,16 @@ def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
             v, f = frames[i]
             if i == seg.template:
                 x = fitter.rest.copy()
+                fitter.last_energy = 0.0
             elif len(f):
                 # also from constant velocity: the motion and the deformation go on as they went
-                starts = [x] if previous is None or not options.extrapolate else \
-                    [predict(previous, x, options.extrapolate), x]
+                turn = None
+                starts = [x]
+                if previous is not None and options.extrapolate:
+                    ahead, turn = predict(previous, x, options.extrapolate)
+                    starts = [ahead, x]
                 previous = x
-                x, a, t, rot, index = fitter.fit(starts, v, f, motion, rot)
+                x, a, t, rot, index = fitter.fit(starts, v, f, motion, rot, turn)
                 motion = (a, t)
             vertices[i] = x
             done += 1
