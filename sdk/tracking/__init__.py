@@ -8,7 +8,7 @@ model's output, ``s4d-track`` on mesh files.
 
 from .quality import Topology, topology
 from .register import (ALIGNMENTS, ON_FAILURE, FrameTracking, Segment, TrackedSequence, TrackingError,
-                       TrackingOptions, check_meshes, track_meshes)
+                       TrackingOptions, check_meshes, check_trackable, track_meshes)
 
 __all__ = ["ALIGNMENTS", "ON_FAILURE", "FrameTracking", "Segment", "Topology", "TrackedSequence", "TrackingError",
-           "TrackingOptions", "check_meshes", "topology", "track_meshes"]
+           "TrackingOptions", "check_meshes", "check_trackable", "topology", "track_meshes"]

@@ -164,12 +164,14 @@ class ArapSystem:
             rz = rz_new
         return x
 
-    def energy(self, current: np.ndarray, rotations: np.ndarray) -> np.ndarray:
-        """Each vertex's share of the ARAP energy (its outgoing half-edges), ``[N]``."""
+    def energy(self, current: np.ndarray, rotations: np.ndarray, rest_scale: float = 1.0) -> np.ndarray:
+        """Each vertex's share of the ARAP energy (its outgoing half-edges), ``[N]``, against the
+        rest shape scaled by ``rest_scale``."""
         cur = np.asarray(current, np.float64)
         deformed = cur[self.edges[:, 0]] - cur[self.edges[:, 1]]
-        res_i = deformed - np.einsum("eab,eb->ea", rotations[self.edges[:, 0]], self.rest_edges)
-        res_j = -deformed + np.einsum("eab,eb->ea", rotations[self.edges[:, 1]], self.rest_edges)
+        rest = rest_scale * self.rest_edges
+        res_i = deformed - np.einsum("eab,eb->ea", rotations[self.edges[:, 0]], rest)
+        res_j = -deformed + np.einsum("eab,eb->ea", rotations[self.edges[:, 1]], rest)
         out = np.zeros(self.num_vertices)
         np.add.at(out, self.edges[:, 0], self.weights * (res_i ** 2).sum(1))
         np.add.at(out, self.edges[:, 1], self.weights * (res_j ** 2).sum(1))

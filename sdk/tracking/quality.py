@@ -44,6 +44,7 @@ def topology(vertices: np.ndarray, faces: np.ndarray, min_area: float = MIN_COMP
     """The :class:`Topology` of a closed triangle mesh (open or non-manifold parts count as they are)."""
     v = np.asarray(vertices, np.float64).reshape(-1, 3)
     f = np.asarray(faces, np.int64).reshape(-1, 3)
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]  # no repeated corners
     if len(f) == 0:
         return Topology(())
     n = len(v)
@@ -82,11 +83,12 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def edge_distortion(rest: np.ndarray, current: np.ndarray, edges: np.ndarray) -> float:
-    """Mean ``|l / l0 - 1|`` over the edges (0 for a rigid motion)."""
+    """``sum |l - l0| / sum l0`` over the edges: the relative change of edge length, weighted by
+    length so that marching cubes' sliver edges do not dominate (0 for a rigid motion)."""
     l0 = np.linalg.norm(rest[edges[:, 0]] - rest[edges[:, 1]], axis=1)
     l1 = np.linalg.norm(current[edges[:, 0]] - current[edges[:, 1]], axis=1)
-    ok = l0 > 0
-    return float(np.mean(np.abs(l1[ok] / l0[ok] - 1.0))) if ok.any() else 0.0
+    total = float(l0.sum())
+    return float(np.abs(l1 - l0).sum() / total) if total > 0 else 0.0
 
 
 def box_diagonal(vertices: np.ndarray) -> float:

@@ -71,6 +71,10 @@ class TrackingOptions:
             raise TrackingError(f"template frame {self.template} is not one of the {num_frames} frames")
         if self.alignment not in ALIGNMENTS:
             raise TrackingError(f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
+        if self.weights not in ("uniform", "cotangent"):
+            raise TrackingError(f"weights must be uniform or cotangent, got {self.weights!r}")
+        if not (np.isfinite(self.normal_agreement) and -1 <= self.normal_agreement <= 1):
+            raise TrackingError(f"normal_agreement must be a cosine in [-1, 1], got {self.normal_agreement}")
         if self.on_failure not in ON_FAILURE:
             raise TrackingError(f"on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}")
         if not self.data_weights or not all(np.isfinite(w) and w > 0 for w in self.data_weights):
@@ -143,7 +147,7 @@ class TrackedSequence:
         """One ``trimesh.Trimesh`` per frame; frames of a segment share one face array."""
         import trimesh
 
-        return [trimesh.Trimesh(v, self.faces_of(i), process=False) for i, v in enumerate(self.vertices)]
+        return [trimesh.Trimesh(v.copy(), self.faces_of(i).copy(), process=False) for i, v in enumerate(self.vertices)]
 
     @property
     def flagged(self) -> list[int]:
@@ -171,7 +175,15 @@ def _as_arrays(mesh) -> tuple[np.ndarray, np.ndarray]:
     # plain arrays: trimesh's TrackedArray re-hashes on every in-place sort
     v = np.array(v, np.float64).view(np.ndarray)
     f = np.array(f, np.int64).view(np.ndarray)
-    return v.reshape(-1, 3), f.reshape(-1, 3)
+    if v.size == 0:
+        v = v.reshape(0, 3)
+    if f.size == 0:
+        f = f.reshape(0, 3)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise ValueError(f"vertices must be [N, 3], got shape {v.shape}")
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"faces must be triangles [M, 3], got shape {f.shape}")
+    return v, f
 
 
 def check_meshes(meshes: Sequence) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -205,14 +217,15 @@ class _Fitter:
         self.rest = vertices
         self.system = ArapSystem(vertices, faces, options.weights)
         self.topology = topology(vertices, faces)
-        self.diagonal = box_diagonal(vertices)
+        self.used = np.unique(faces)  # vertices on a face: stray points count in no distance
+        self.diagonal = box_diagonal(vertices[self.used])
         rest_len = np.linalg.norm(self.system.rest_edges, axis=1)
         self.edge_length = float(rest_len.mean()) if len(rest_len) else 0.0
         self.rest_norm = float((self.system.weights * rest_len ** 2).sum() * 2) or 1.0
         rng = np.random.default_rng(options.seed)
-        n = len(vertices)
-        self.icp_index = rng.choice(n, size=min(n, options.icp_samples), replace=False)
+        self.icp_index = rng.choice(self.used, size=min(len(self.used), options.icp_samples), replace=False)
         self.last_energy = 0.0  # relative ARAP energy of the frame fitted last
+        self.scale = 1.0  # of the rest shape in the frame fitted last (similarity alignment)
 
     def _pairs(self, x: np.ndarray, target: SurfaceIndex, samples: np.ndarray, sample_normals: np.ndarray,
                reject: float) -> tuple[np.ndarray, np.ndarray]:
@@ -246,13 +259,13 @@ class _Fitter:
         ``turn`` is the last frame-to-frame rotation: ICP's rotation may not stray far from it."""
         opts = self.options
         target = SurfaceIndex(frame_v, frame_f)
-        samples = frame_v
+        samples = frame_v[np.unique(frame_f)]
         if len(samples) > opts.target_samples:
             pick = np.random.default_rng(opts.seed).choice(len(samples), opts.target_samples, replace=False)
             samples = samples[pick]
         else:
             pick = slice(None)
-        sample_normals = vertex_normals(frame_v, frame_f)[pick]
+        sample_normals = vertex_normals(frame_v, frame_f)[np.unique(frame_f)][pick]
         x = starts[0]
         a, t = np.eye(3), np.zeros(3)
         if opts.alignment == "none" and len(starts) > 1:  # the start whose points lie closer to the frame
@@ -283,29 +296,28 @@ class _Fitter:
                                                                                   else np.eye(3)).T) > allowed:
                 a, t, x = np.eye(3), np.zeros(3), starts[0]
         reject = max(0.1 * self.diagonal, 4 * self.edge_length)
-        # the template's size in this frame: the rest shape grows and shrinks with the global motion
-        scale = 1.0
-        if opts.alignment == "similarity":  # the aligned start's size against the template's
-            spread = lambda p: float(np.sqrt(((p - p.mean(0)) ** 2).sum(1).mean()))  # noqa: E731
-            scale = spread(x) / max(spread(self.rest), 1e-300)
+        # the template's size in this frame: the accepted global motions' scales, run along the segment
+        scale = self.scale * (float(np.cbrt(abs(np.linalg.det(a)))) if opts.alignment == "similarity" else 1.0)
         rot = None
         if rotations is not None and opts.alignment != "none":
             u, _, vt = np.linalg.svd(a)  # the rotation part of the global motion
             rot = (u @ vt) @ rotations
         elif rotations is not None:
             rot = rotations
-        deform = lambda x, rot: self._deform(x, rot, target, samples, sample_normals, reject, scale)  # noqa: E731
+        def deform(x, rot, scale=scale):
+            return self._deform(x, rot, target, samples, sample_normals, reject, scale)
+
         x, rot = deform(x, rot)
-        energy = self.relative_energy(x, rot)
+        energy = self.relative_energy(x, rot, scale)
         if not np.allclose(a, np.eye(3)) and energy > 2 * self.last_energy + 1e-4 and len(starts) > 1:
             # the accepted rigid motion bent the shape out of the way: a symmetric shape's false
             # turn (a near-straight bar spun about its axis). Fit from the prediction too; keep
             # the less distorted.
-            x2, rot2 = deform(starts[0], rotations)
-            energy2 = self.relative_energy(x2, rot2)
+            x2, rot2 = deform(starts[0], rotations, self.scale)
+            energy2 = self.relative_energy(x2, rot2, self.scale)
             if energy2 < energy:
-                x, rot, energy, a, t = x2, rot2, energy2, np.eye(3), np.zeros(3)
-        self.last_energy = energy
+                x, rot, energy, a, t, scale = x2, rot2, energy2, np.eye(3), np.zeros(3), self.scale
+        self.last_energy, self.scale = energy, scale
         return x, a, t, rot, target
 
     def _deform(self, x: np.ndarray, rot: np.ndarray | None, target: SurfaceIndex, samples: np.ndarray,
@@ -323,9 +335,10 @@ class _Fitter:
                     x = self.system.global_step(rot, goal, lam, rest_scale=scale)
         return x, rot
 
-    def relative_energy(self, x: np.ndarray, rot: np.ndarray) -> float:
-        """ARAP energy of ``x`` with rotations ``rot``, relative to the template's ``sum w |e|^2``."""
-        return float(self.system.energy(x, rot).sum() / self.rest_norm)
+    def relative_energy(self, x: np.ndarray, rot: np.ndarray, scale: float = 1.0) -> float:
+        """ARAP energy of ``x`` with rotations ``rot`` against the template scaled by ``scale``,
+        relative to the template's ``sum w |e|^2``."""
+        return float(self.system.energy(x, rot, scale).sum() / self.rest_norm)
 
     def assess(self, index: int, segment: int, x: np.ndarray, frame_v: np.ndarray, frame_f: np.ndarray,
                seconds: float, frame_index: SurfaceIndex | None = None,
@@ -337,8 +350,8 @@ class _Fitter:
         if len(frame_f) == 0:
             return FrameTracking(index, segment, None, None, None, None, edge_distortion(self.rest, x, self.system.edges),
                                  None, frame_topology.describe(), True, ["the frame has no surface"], seconds)
-        d_to, _ = (frame_index or SurfaceIndex(frame_v, frame_f)).closest(x)
-        d_from, _ = SurfaceIndex(x, self.faces).closest(frame_v)
+        d_to, _ = (frame_index or SurfaceIndex(frame_v, frame_f)).closest(x[self.used])
+        d_from, _ = SurfaceIndex(x, self.faces).closest(frame_v[np.unique(frame_f)])
         fit = 0.5 * (float(d_to.mean()) + float(d_from.mean()))
         tol = opts.max_fit * self.diagonal
         uncovered = float(np.mean(d_from > 2 * tol))
@@ -375,17 +388,31 @@ def predict(before: np.ndarray, now: np.ndarray, amount: float = 1.0) -> tuple[n
     return now @ a.T + b + amount * (change @ a.T), a
 
 
+MAX_VERTICES = 4_000_000  # per template: the sparse factorisations grow past memory beyond this
+
+
+def check_trackable(meshes: Sequence, options: TrackingOptions = TrackingOptions()) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Everything :func:`track_meshes` refuses, checked without tracking: the frames as ``(vertices,
+    faces)`` arrays, or ``TrackingError`` naming the problem."""
+    frames = check_meshes(meshes)
+    options.check(len(frames))
+    template = options.template % len(frames)
+    if len(frames[template][1]) == 0:
+        raise TrackingError(f"the template frame {template} has no surface (no faces); choose another template")
+    if len(frames[template][0]) > MAX_VERTICES:
+        raise TrackingError(f"the template frame {template} has {len(frames[template][0])} vertices; tracking takes "
+                            f"at most {MAX_VERTICES} (decode at a lower resolution)")
+    return frames
+
+
 def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
                  progress: Callable[[int, int], None] | None = None) -> TrackedSequence:
     """Deform one template through ``meshes`` (``trimesh.Trimesh`` or ``(vertices, faces)`` per
     frame) so that every frame has the template's faces. ``progress(done, total)`` after each frame."""
     start_time = time.perf_counter()
-    frames = check_meshes(meshes)
+    frames = check_trackable(meshes, options)
     n = len(frames)
-    options.check(n)
     template = options.template % n
-    if len(frames[template][1]) == 0:
-        raise TrackingError(f"the template frame {template} has no surface (no faces); choose another template")
     vertices: list[np.ndarray | None] = [None] * n
     reports: list[FrameTracking | None] = [None] * n
     segments: list[Segment] = []
@@ -394,6 +421,7 @@ def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
     def run(order: list[int], fitter: _Fitter, segment: int, seg: Segment) -> None:
         nonlocal done
         x = fitter.rest
+        fitter.last_energy, fitter.scale = 0.0, 1.0  # each run (forward, backward) starts at the template
         motion = index = previous = None
         rot = np.broadcast_to(np.eye(3), (len(x), 3, 3))
         for i in order:
@@ -401,7 +429,6 @@ def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
             v, f = frames[i]
             if i == seg.template:
                 x = fitter.rest.copy()
-                fitter.last_energy = 0.0
             elif len(f):
                 # also from constant velocity: the motion and the deformation go on as they went
                 turn = None
@@ -412,7 +439,7 @@ def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
                 previous = x
                 x, a, t, rot, index = fitter.fit(starts, v, f, motion, rot, turn)
                 motion = (a, t)
-            vertices[i] = x
+            vertices[i] = x.copy() if len(f) == 0 else x  # an empty frame holds the last shape, its own copy
             done += 1
             if pool is not None:  # nothing waits for the verdict: assess on the other core meanwhile
                 pending.append((i, pool.submit(fitter.assess, i, segment, x, v, f, time.perf_counter() - t0,
@@ -427,6 +454,7 @@ def track_meshes(meshes: Sequence, options: TrackingOptions = TrackingOptions(),
                     order[-1] != i and order == sorted(order):
                 # the rest of the sequence is tracked from this frame's own mesh
                 seg.end = i - 1
+                done -= 1  # frame i is done again, as the new segment's template
                 new = Segment(i, i, order[-1], f)
                 segments.append(new)
                 run(order[order.index(i):], _Fitter(v, f, options), len(segments) - 1, new)
