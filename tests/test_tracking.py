@@ -430,3 +430,56 @@ def test_s4d_convert_topology_option(tmp_path):
     assert item["tracking"] == {"topology": "per-frame"}
     manifest = json.loads((tmp_path / "o" / "clip" / "manifest.json").read_text())
     assert manifest["topology"] == "per-frame" and manifest["settings"]["topology"] == "per-frame"
+
+
+def test_a_strong_bend_is_not_shrunk():
+    """A cylinder bent step by step to a quarter turn: its size does not change, so nothing may
+    shrink the template (the fit stays tight, no frame is flagged)."""
+    from sdk.data.synthetic import bend
+
+    rng = np.random.default_rng(12)
+    cyl = trimesh.creation.cylinder(radius=0.12, height=1.2, sections=24)
+    v, f = trimesh.remesh.subdivide_to_size(cyl.vertices[:, [0, 2, 1]], cyl.faces, 0.05)
+    curvatures = np.linspace(0.0, (np.pi / 2) / 1.2, 8)
+    meshes = [shuffled(bend(v, k), f, rng) for k in curvatures]
+    tracked = track_meshes(meshes)
+    assert tracked.flagged == [], [f.reasons for f in tracked.frames]
+    assert max(f.fit for f in tracked.frames) < 0.005
+    truth = bend(np.asarray(meshes[0].vertices), curvatures[-1])  # the template's own vertices, bent
+    assert np.linalg.norm(tracked.vertices[-1] - truth, axis=1).mean() < 0.02
+
+
+def test_s4d_track_refuses_before_writing(tmp_path):
+    from sdk.cli.track import app
+
+    v, f = small_mesh(13)
+    mesh = trimesh.Trimesh(v, f, process=False)
+    good = write_frames(tmp_path / "a_good", [mesh, mesh])
+    bad = write_frames(tmp_path / "b_empty_template", [mesh, mesh])
+    (bad / "f0.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                                "property float z\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    res = CliRunner().invoke(app, [str(good), str(bad), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "template frame 0 has no surface" in res.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    conv = tmp_path / "conv"
+    conv.mkdir()
+    (conv / "manifest.json").write_text(json.dumps({"format": "sculpt4d-mesh-sequence", "files": 5,
+                                                    "num_frames": 2}))
+    res = CliRunner().invoke(app, [str(conv), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "'files' is not a list" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, [str(good), "-o", "s3://bucket/out"])
+    assert res.exit_code == 2 and "local directory" in res.output
+
+
+def test_s4d_track_welds_split_vertices(tmp_path):
+    from sdk.cli.track import app
+
+    box = trimesh.creation.box(extents=(1.0, 0.6, 0.4)).subdivide()
+    split = trimesh.Trimesh(box.vertices[box.faces].reshape(-1, 3), np.arange(box.faces.size).reshape(-1, 3),
+                            process=False)  # every triangle its own three vertices, as flat-shaded OBJ files are
+    src = write_frames(tmp_path / "flat", [split, split.copy().apply_translation([0.05, 0, 0])], ext="obj")
+    res = CliRunner().invoke(app, [str(src), "-o", str(tmp_path / "out"), "--json", "--no-viewer"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "out" / "flat" / "manifest.json").read_text())
+    assert manifest["tracking"]["frames"][1]["topology"] == "1 part (genus 0)"
+    assert manifest["meshes"][0]["vertices"] == len(box.vertices)

@@ -1,4 +1,4 @@
-"""Command-line entry points of the SDK (s4d-convert, s4d-eval; s4d-export lives in export/)."""
+"""Command-line entry points of the SDK (s4d-convert, s4d-track, s4d-eval; s4d-export lives in export/)."""
 
 import os
 import sys

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -53,7 +54,7 @@ def _load_mesh(path: Path):
         raise TrackInputError(f"{path} is {size} bytes; one frame may be at most {MAX_MESH_BYTES} bytes")
     with open(path, "rb") as handle:
         head = handle.read(256)
-    if head.startswith(b"ply") and b"element vertex 0\n" in head:
+    if head.startswith(b"ply") and re.search(rb"element vertex 0\s", head):
         return trimesh.Trimesh()  # the empty frame s4d-convert writes when a frame had no surface
     try:
         mesh = trimesh.load(str(path), force="mesh")  # parsers only: no file format here runs code
@@ -61,6 +62,9 @@ def _load_mesh(path: Path):
         raise TrackInputError(f"{path} is not a readable mesh file ({type(exc).__name__}: {exc})") from None
     if not isinstance(mesh, trimesh.Trimesh):
         raise TrackInputError(f"{path} holds no triangle mesh")
+    # one vertex per surface point: OBJ / glTF split vertices at normal and UV seams, which would
+    # tear the surface into pieces for tracking
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)
     return mesh
 
 
@@ -85,10 +89,16 @@ def read_sequence(directory: str | os.PathLike):
             data = None
         if isinstance(data, dict) and data.get("format") == SEQUENCE_FORMAT:
             manifest = data
+    if (root / SEQUENCE_MANIFEST).exists() and manifest is None:
+        raise TrackInputError(f"{root / SEQUENCE_MANIFEST} is not a readable s4d-convert manifest; pass a directory "
+                              "of mesh files or an s4d-convert output")
     if manifest is not None:  # an s4d-convert (or s4d-track) output: the manifest says what is there
-        files = {str(f) for f in manifest.get("files", []) if isinstance(f, str)}
+        listed = manifest.get("files")
+        if not isinstance(listed, list):
+            raise TrackInputError(f"{root / SEQUENCE_MANIFEST}: 'files' is not a list")
+        files = {f for f in listed if isinstance(f, str)}
         n = manifest.get("num_frames")
-        if not isinstance(n, int) or n < 0:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise TrackInputError(f"{root / SEQUENCE_MANIFEST}: num_frames is missing or not a count")
         paths = []
         for i in range(n):
@@ -112,6 +122,11 @@ def read_sequence(directory: str | os.PathLike):
     else:
         paths = sorted((p for p in root.iterdir() if p.suffix.lower() in MESH_EXTENSIONS and not p.name.startswith(".")),
                        key=lambda p: natural_sort_key(p.name))
+        stems = [p.stem.lower() for p in paths]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise TrackInputError(f"{directory}: frame {twice[0]!r} is there in more than one format; keep one "
+                                  "file per frame")
         if not paths:
             raise TrackInputError(f"{directory} holds no mesh files ({', '.join(MESH_EXTENSIONS)})")
         times = [None] * len(paths)
@@ -132,8 +147,8 @@ def track(
                                       "glb, usd/usda, usdc."),
     template: int = typer.Option(0, "--template", help="The frame whose mesh is deformed through the sequence "
                                  "(negative counts from the end)."),
-    alignment: str = typer.Option("rigid", "--alignment", help="Per-frame global motion: rigid, similarity "
-                                  "(rigid + one scale) or none."),
+    alignment: str = typer.Option("similarity", "--alignment", help="Per-frame global motion: similarity (rigid "
+                                  "+ one scale), rigid or none."),
     on_failure: str = typer.Option("continue", "--on-failure", help="After a flagged frame: continue (keep "
                                    "deforming the same template; one mesh, flagged frames marked) or retemplate "
                                    "(start a new segment from the flagged frame's own mesh)."),
@@ -149,10 +164,10 @@ def track(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-input lines."),
 ) -> None:
     from ..batch.clips import Item, assign_output_names, existing_owners, input_identity, overlapping_input
-    from ..batch.storage import check_writable
+    from ..batch.storage import check_writable, local_path
     from ..core.atomic import clean_stale_partials
     from ..outputs.meshseq import MeshSequence, OutputExistsError, check_formats
-    from ..tracking import ALIGNMENTS, ON_FAILURE, TrackingError, TrackingOptions, track_meshes
+    from ..tracking import ALIGNMENTS, ON_FAILURE, TrackingError, TrackingOptions, check_trackable, track_meshes
 
     # 1. options
     if not inputs:
@@ -167,7 +182,12 @@ def track(
         formats = check_formats(formats)
     except ValueError as exc:
         usage_error(str(exc))
-    out = Path(outdir)
+    try:
+        out = local_path(outdir)
+    except ValueError as exc:
+        usage_error(str(exc))
+    if out is None:
+        usage_error(f"--output {outdir}: s4d-track writes to a local directory (or a file:// URI), not an object store")
     if os.path.lexists(out) and not out.is_dir():
         usage_error(f"--output {outdir} exists and is not a directory")
     try:
@@ -181,7 +201,7 @@ def track(
     for raw in inputs:
         try:
             loaded[raw] = read_sequence(raw)
-            options.check(len(loaded[raw][0]))
+            check_trackable(loaded[raw][0], options)
         except (TrackInputError, TrackingError) as exc:
             usage_error(str(exc))
         except OSError as exc:
@@ -216,6 +236,8 @@ def track(
                              reasons={f.frame: f.reasons for f in tracked.frames if f.flagged})
             except (OutputExistsError, TrackingError, OSError) as exc:
                 entry.update(status="failed", error=str(exc))
+            except Exception as exc:  # one input's failure is reported; the batch goes on
+                entry.update(status="failed", error=f"internal error ({type(exc).__name__}): {exc}")
         results.append(entry)
         if not quiet:
             if entry["status"] == "ok":

@@ -252,6 +252,8 @@ class Generator:
                     mesh.vertices = np.clip(np.asarray(mesh.vertices), box.min, box.max)
             except TrackingError as exc:
                 seq.stats["tracking_skipped"] = str(exc)
+            except Exception as exc:  # never lose a finished generation to tracking (memory, a bug)
+                seq.stats["tracking_skipped"] = f"tracking failed ({type(exc).__name__}): {exc}"
         seq.timings.pop("track", None)  # the stage's own wall time (above) is the one recorded
         seq.timings["track"] = timings["track"]
         return seq

@@ -81,7 +81,8 @@ class MeshSequence:
         from ..tracking import TrackingOptions, track_meshes
 
         tracked = track_meshes(self.meshes, options or TrackingOptions(), progress)
-        return dataclasses.replace(self, meshes=tracked.meshes(), tracking=tracked.report(),
+        settings = {**self.settings, "topology": "consistent"} if "topology" in self.settings else dict(self.settings)
+        return dataclasses.replace(self, meshes=tracked.meshes(), tracking=tracked.report(), settings=settings,
                                    timings={**self.timings, "track": tracked.seconds}, stats=dict(self.stats))
 
     def __len__(self) -> int:
