@@ -138,7 +138,7 @@ LAYERS: dict[str, set[str]] = {
     "inputs": {"core"},
     "tracking": {"core"},
     "outputs": {"core", "tracking"},
-    "evaluation": {"core"},
+    "evaluation": {"core", "tracking"},
     "generation": {"core", "kernels", "sparse", "models", "inputs", "outputs", "tracking"},
     "data": {"core", "kernels", "sparse", "models", "inputs", "outputs", "generation"},
     "batch": {"core", "inputs", "outputs", "generation", "tracking"},

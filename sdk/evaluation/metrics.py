@@ -37,6 +37,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..core.grid import WorldBox
+from ..tracking.rigid import similarity
 
 DEFAULT_THRESHOLD = 0.01
 DEFAULT_POINTS = 50_000
@@ -269,24 +270,6 @@ class Registration:
                 "matrix": self.matrix.tolist()}
 
 
-def _umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool):
-    """Least-squares ``(s, R, t)`` with ``dst ~ s R src + t`` (Umeyama 1991)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1.0
-    R = U @ S @ Vt
-    s = 1.0
-    if with_scale:
-        var = np.mean(np.sum(xs ** 2, axis=1))
-        s = float(np.trace(np.diag(D) @ S) / var) if var > 0 else 1.0
-    t = mu_d - s * R @ mu_s
-    return s, R, t
-
-
 def _principal_axes(pts: np.ndarray) -> np.ndarray:
     c = pts - pts.mean(0)
     _, vecs = np.linalg.eigh(c.T @ c / len(c))
@@ -313,7 +296,7 @@ def _icp(pairs, trees, reg: Registration, with_scale: bool, max_iter: int, tol: 
             dst += [g[j1], g]
             dists += [d1, d2 * s]
         err = float(0.5 * np.mean(np.concatenate(dists[0::2])) + 0.5 * np.mean(np.concatenate(dists[1::2])))
-        s, R, t = _umeyama(np.concatenate(src), np.concatenate(dst), with_scale)
+        s, R, t = similarity(np.concatenate(src), np.concatenate(dst), scale=with_scale)
         if prev - err <= tol * max(prev, 1e-12) and it > 1:
             break
         prev = err

@@ -259,13 +259,12 @@ class _Fitter:
         ``turn`` is the last frame-to-frame rotation: ICP's rotation may not stray far from it."""
         opts = self.options
         target = SurfaceIndex(frame_v, frame_f)
-        samples = frame_v[np.unique(frame_f)]
-        if len(samples) > opts.target_samples:
-            pick = np.random.default_rng(opts.seed).choice(len(samples), opts.target_samples, replace=False)
-            samples = samples[pick]
-        else:
-            pick = slice(None)
-        sample_normals = vertex_normals(frame_v, frame_f)[np.unique(frame_f)][pick]
+        on_faces = np.unique(frame_f)  # the frame's vertices that lie on its surface
+        if len(on_faces) > opts.target_samples:
+            on_faces = on_faces[np.random.default_rng(opts.seed).choice(len(on_faces), opts.target_samples,
+                                                                          replace=False)]
+        samples = frame_v[on_faces]
+        sample_normals = vertex_normals(frame_v, frame_f)[on_faces]
         x = starts[0]
         a, t = np.eye(3), np.zeros(3)
         if opts.alignment == "none" and len(starts) > 1:  # the start whose points lie closer to the frame
@@ -290,20 +289,17 @@ class _Fitter:
             x = starts[-1] @ a.T + t
             # nor a sudden turn far from the last one: on a near-symmetric shape (a straight bar) a
             # spin about its axis explains the data as well as the small true motion
-            u, _, vt = np.linalg.svd(a)
             allowed = MAX_FIRST_TURN if turn is None else MAX_TURN_CHANGE + 0.5 * rotation_angle(turn)
-            if err > opts.rigid_threshold * before or rotation_angle((u @ vt) @ (turn if turn is not None
-                                                                                  else np.eye(3)).T) > allowed:
+            if err > opts.rigid_threshold * before or rotation_angle(rotation_part(a) @ (turn if turn is not None
+                                                                                       else np.eye(3)).T) > allowed:
                 a, t, x = np.eye(3), np.zeros(3), starts[0]
         reject = max(0.1 * self.diagonal, 4 * self.edge_length)
         # the template's size in this frame: the accepted global motions' scales, run along the segment
         scale = self.scale * (float(np.cbrt(abs(np.linalg.det(a)))) if opts.alignment == "similarity" else 1.0)
         rot = None
-        if rotations is not None and opts.alignment != "none":
-            u, _, vt = np.linalg.svd(a)  # the rotation part of the global motion
-            rot = (u @ vt) @ rotations
-        elif rotations is not None:
-            rot = rotations
+        if rotations is not None:  # last frame's rotations, turned by this frame's global motion
+            rot = rotation_part(a) @ rotations
+
         def deform(x, rot, scale=scale):
             return self._deform(x, rot, target, samples, sample_normals, reject, scale)
 
@@ -356,7 +352,7 @@ class _Fitter:
         tol = opts.max_fit * self.diagonal
         uncovered = float(np.mean(d_from > 2 * tol))
         vanished = float(np.mean(d_to > 2 * tol))
-        energy = float(self.system.energy(x, self.system.rotations(x, rotations)).sum() / self.rest_norm)
+        energy = self.relative_energy(x, self.system.rotations(x, rotations))
         if fit > tol:
             reasons.append(f"fit {fit:.4f} exceeds {tol:.4f} ({opts.max_fit:g} of the template's box diagonal)")
         if uncovered > opts.max_uncovered:
@@ -371,6 +367,12 @@ class _Fitter:
         return FrameTracking(index, segment, fit, float(d_to.mean()), float(d_from.mean()), uncovered,
                              edge_distortion(self.rest, x, self.system.edges), energy, frame_topology.describe(),
                              bool(reasons), reasons, seconds)
+
+
+def rotation_part(a: np.ndarray) -> np.ndarray:
+    """The rotation of a similarity matrix ``s R`` (the closest rotation, by SVD)."""
+    u, _, vt = np.linalg.svd(a)
+    return u @ vt
 
 
 def rotation_angle(rot: np.ndarray) -> float:

@@ -12,18 +12,18 @@ from .closest import SurfaceIndex
 
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
-                         scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(A [3, 3], t [3])`` minimising ``sum_k w_k |A src_k + t - dst_k|^2`` with ``A`` a rotation
-    (times one uniform scale when ``scale``); reflections are excluded."""
+def similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
+               scale: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(s, R, t)`` minimising ``sum_k w_k |s R src_k + t - dst_k|^2`` (Umeyama 1991) with ``R`` a
+    rotation (reflections excluded) and ``s`` one uniform scale (1 unless ``scale``)."""
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
     w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64)
     if len(src) != len(dst) or len(w) != len(src):
         raise ValueError(f"point pairs must match: {len(src)} sources, {len(dst)} targets, {len(w)} weights")
     total = w.sum()
-    if len(src) < 3 or not total > 0:
-        return np.eye(3), np.zeros(3)
+    if not total > 0:
+        return 1.0, np.eye(3), np.zeros(3)
     w = w / total
     mu_s, mu_d = w @ src, w @ dst
     xs, xd = src - mu_s, dst - mu_d
@@ -36,8 +36,14 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray |
     if scale:
         var = (w * (xs * xs).sum(1)).sum()
         s = float((sigma * d).sum() / var) if var > 0 else 1.0
-    a = s * rot
-    return a, mu_d - a @ mu_s
+    return s, rot, mu_d - s * rot @ mu_s
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
+                         scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`similarity` as ``(A, t)`` with ``A = s R``: ``A src + t ~ dst``."""
+    s, rot, t = similarity(src, dst, weights, scale)
+    return s * rot, t
 
 
 def trimmed(distances: np.ndarray, keep: float) -> np.ndarray:
