@@ -27,6 +27,8 @@ CASES = {
     "s4d-export --help": ("export.cli", ["--help"]),
     "s4d-export onnx --help": ("export.cli", ["onnx", "--help"]),
     "s4d-eval --help": ("sdk.cli.evaluate", ["--help"]),
+    "s4d-serve --help": ("sdk.cli.serve", ["--help"]),
+    "s4d-serve bad value": ("sdk.cli.serve", ["--data-dir", "d", "--max-queue", "0"]),
     "s4d-convert bad flag": ("sdk.cli.convert", ["x.mp4", "-o", "o", "--bogus"]),
     "s4d-convert bad value": ("sdk.cli.convert", ["x.mp4", "-o", "o", "--steps", "abc"]),
     "s4d-convert bad choice": ("sdk.cli.convert", ["x.mp4", "-o", "o", "--decode", "nope"]),

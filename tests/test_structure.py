@@ -142,8 +142,9 @@ LAYERS: dict[str, set[str]] = {
     "generation": {"core", "kernels", "sparse", "models", "inputs", "outputs", "tracking"},
     "data": {"core", "kernels", "sparse", "models", "inputs", "outputs", "generation"},
     "batch": {"core", "inputs", "outputs", "generation", "tracking"},
+    "serve": {"core", "inputs", "outputs", "generation", "batch"},
     "cli": {"core", "kernels", "sparse", "models", "inputs", "outputs", "generation", "batch", "evaluation",
-            "tracking"},
+            "tracking", "serve"},
     "export": {"core", "kernels", "sparse", "models", "generation", "cli"},
 }
 

@@ -81,6 +81,14 @@ class Recipe:
     more_lr: float = 3e-4
     more_warmup: int = 100
     validate_every: int = 250  # flow-matching loss of the EMA weights on the validation split
+    # Design 2 (stages encoder, features, dit-frozen): see the comment above ShapeProbe
+    encoder_steps: int = 3000
+    encoder_batch: int = 32  # frames per step
+    encoder_queries: int = 1024  # labelled points per frame and step
+    encoder_lr: float = 1e-3
+    frozen_steps: int = 6000
+    frozen_clips: int = 4  # 16-frame clips per step (then 8 half, 16 quarter clips in turn)
+    frozen_lr: float = 5e-4
     # What `Generator.default()` runs with unless told otherwise.
     default_steps: int = 16
     # Chosen on the validation split (evaluate.py --guidance): after `more`, guidance 3 overshoots
@@ -383,46 +391,55 @@ VALIDATION_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 @torch.no_grad()
-def validation_loss(model, cond, val: dict[str, torch.Tensor]) -> float:
+def validation_loss(model, cond, val: dict[str, torch.Tensor], context: torch.Tensor | None = None) -> float:
     """Flow-matching loss on whole 16-frame validation clips at fixed noise levels, with one fixed
     shared noise tensor per clip and the image context on: the same draw every time, so values
-    taken at different steps compare."""
+    taken at different steps (and designs) compare. ``context``: cached encoder features instead
+    of running ``cond`` on the images."""
     x1, images = val["latents"], val["images"].float()
     V, T, P, C = x1.shape
     noise = torch.randn((V, 1, P, C), generator=torch.Generator().manual_seed(0)).expand(V, T, P, C)
     model.eval()
-    cond.eval()
-    context = cond(images.flatten(0, 1)).view(V, T, -1, cond.config.hidden_size)
+    if context is None:
+        cond.eval()
+        context = cond(images.flatten(0, 1)).view(V, T, -1, cond.config.hidden_size)
+        cond.train()
+    context = context.float()
     losses = []
     for t in VALIDATION_TIMES:
         tt = torch.full((V,), t)
         losses.append(F.mse_loss(model(t * x1 + (1 - t) * noise, tt, context), x1 - noise).item())
     model.train()
-    cond.train()
     return float(np.mean(losses))
 
 
 def _train_dit(model, cond, ema: list[torch.Tensor], opt, step: int, end: int, lr_at, lat: torch.Tensor,
-               images: torch.Tensor, checkpoint, validate=None) -> None:
-    """The flow-matching loop shared by both DiT stages: steps ``step .. end`` (global numbering:
+               images: torch.Tensor, checkpoint, validate=None, features: torch.Tensor | None = None,
+               clip_shape=None, cpu_budget: float | None = None) -> int:
+    """The flow-matching loop shared by the DiT stages: steps ``step .. end`` (global numbering:
     the randomness of step k is derived from the seed and k only), EMA after every step,
     ``checkpoint(step)`` every ``checkpoint_every`` steps and ``validate(step)`` (when given)
-    every ``validate_every`` steps, before the checkpoint."""
+    every ``validate_every`` steps, before the checkpoint. With ``features`` (cached outputs of a
+    frozen encoder, ``[S, T, N, C]``) the context comes from them and ``cond`` is None; else the
+    encoder ``cond`` runs on ``images`` and trains with the DiT. ``clip_shape(step, T)`` gives the
+    step's (clips, frames); ``cpu_budget`` (process CPU seconds) ends the loop early. Returns the
+    step reached."""
     r = RECIPE
     cond_cfg = configs()[2]
-    params = list(model.parameters()) + list(cond.parameters())
+    params = list(model.parameters()) + ([] if cond is None else list(cond.parameters()))
     S, K, T = lat.shape[:3]
+    clip_shape = clip_shape or _clip_shape
     model.train()
-    cond.train()
-    t0, running, first = time.time(), [], step
-    while step < end:
+    if cond is not None:
+        cond.train()
+    t0, running, first, cpu0 = time.time(), [], step, time.process_time()
+    while step < end and (cpu_budget is None or time.process_time() - cpu0 < cpu_budget):
         rng = np.random.default_rng([r.train_seed, step])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        batch, frames = _clip_shape(step, T)
+        batch, frames = clip_shape(step, T)
         seqs = rng.integers(S, size=batch)
         wins = [_frame_window(rng, T, frames) for _ in range(batch)]
         x1 = torch.stack([lat[s, rng.integers(K)][w] for s, w in zip(seqs, wins)])  # [B, F, P, C]
-        imgs = torch.stack([images[s][w] for s, w in zip(seqs, wins)]).float()
         B, Fr, P, C = x1.shape
         if rng.random() < r.shared_noise:
             noise = torch.randn((B, 1, P, C), generator=gen).expand(B, Fr, P, C)
@@ -430,7 +447,11 @@ def _train_dit(model, cond, ema: list[torch.Tensor], opt, step: int, end: int, l
             noise = torch.randn((B, Fr, P, C), generator=gen)
         t = torch.rand(B, generator=gen)
         xt = t.view(B, 1, 1, 1) * x1 + (1 - t.view(B, 1, 1, 1)) * noise
-        context = cond(imgs.flatten(0, 1)).view(B, Fr, -1, cond_cfg.hidden_size)
+        if features is not None:
+            context = torch.stack([features[s][w] for s, w in zip(seqs, wins)]).float()
+        else:
+            imgs = torch.stack([images[s][w] for s, w in zip(seqs, wins)]).float()
+            context = cond(imgs.flatten(0, 1)).view(B, Fr, -1, cond_cfg.hidden_size)
         keep = (torch.rand(B, generator=gen) >= r.cfg_dropout).float().view(B, 1, 1, 1)
         pred = model(xt, t, context * keep)
         loss = F.mse_loss(pred, x1 - noise)
@@ -458,6 +479,7 @@ def _train_dit(model, cond, ema: list[torch.Tensor], opt, step: int, end: int, l
         # its checkpoint (from a trajectory it then abandoned).
         if validated or step % r.checkpoint_every == 0 or step == end:
             checkpoint(step)
+    return step
 
 
 @app.command()
@@ -568,12 +590,299 @@ def more(work: Path = Path(__file__).parent / "work") -> None:
     log(f"more: done; best validation loss {best['validation_loss']:.4f} at step {best['step']}")
 
 
+# ----------------------------------------------------------------------------------------------
+# Design 2: a shape-pretrained, frozen image encoder; the DiT trained on its cached features
+# ----------------------------------------------------------------------------------------------
+#
+# The first design trained the image encoder from scratch through the DiT's flow-matching
+# gradient only, one clip per step: after 6400 steps it had barely learned the image -> shape
+# mapping. Hunyuan3D 2.1 (and Sculpt4D) condition on a frozen, pre-trained DINOv2. Here the encoder
+# gets a direct, cheap shape signal first: a small probe turns its tokens into a VAE latent set
+# and the FROZEN VAE decoder scores that set's occupancy at the frame's labelled points (a
+# set-level target: latent tokens have no fixed order across sequences, so regressing latents
+# token by token would be ill-posed). Then the encoder is frozen, its features are cached for
+# every frame, and the DiT trains on them with several clips per step.
+
+
+class ShapeProbe(torch.nn.Module):
+    """Training-only head (never shipped): image tokens ``[B, N, W]`` -> unscaled VAE latents
+    ``[B, P, C]``: learned queries, two blocks of cross-attention to the tokens + MLP."""
+
+    def __init__(self, width: int, latents: int, embed_dim: int, heads: int, blocks: int = 2) -> None:
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(latents, width) * 0.02)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(blocks):
+            self.blocks.append(torch.nn.ModuleDict({
+                "norm_q": torch.nn.LayerNorm(width), "norm_kv": torch.nn.LayerNorm(width),
+                "attn": torch.nn.MultiheadAttention(width, heads, batch_first=True),
+                "mlp": torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 4 * width),
+                                           torch.nn.GELU(), torch.nn.Linear(4 * width, width))}))
+        self.out = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, embed_dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.queries.expand(tokens.shape[0], -1, -1)
+        for b in self.blocks:
+            kv = b["norm_kv"](tokens)
+            h = h + b["attn"](b["norm_q"](h), kv, kv, need_weights=False)[0]
+            h = h + b["mlp"](h)
+        return self.out(h)
+
+
+def _occupancy_iou(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    pred, gt = logits > 0, labels > 0.5
+    return float((pred & gt).sum() / (pred | gt).sum().clamp(min=1))
+
+
+@torch.no_grad()
+def _encoder_validation(cond, probe, vae_model, val: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Occupancy BCE and IoU at every labelled point of every validation frame, through the probe
+    and the frozen VAE decoder."""
+    cond.eval()
+    probe.eval()
+    bces, ious = [], []
+    for i in range(0, len(val["images"]), 64):
+        z = probe(cond(val["images"][i:i + 64].float()))
+        logits = vae_model.query(vae_model.decode(z), val["queries"][i:i + 64])
+        target = val["occupancy"][i:i + 64]
+        bces.append(F.binary_cross_entropy_with_logits(logits, target).item())
+        ious.append(_occupancy_iou(logits, target))
+    cond.train()
+    probe.train()
+    return float(np.mean(bces)), float(np.mean(ious))
+
+
+def _frames_of(work: Path, split: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    d = load_split(work, split, keys)
+    out = {k: torch.from_numpy(d[k]).flatten(0, 1) for k in keys}
+    if "occupancy" in out:
+        out["occupancy"] = out["occupancy"].float()
+    return out
+
+
+@app.command()
+def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = typer.Option(
+        None, help="Stop after this much process CPU time (a side-by-side design run)")) -> None:
+    """Pre-train the image encoder on a direct shape signal (occupancy through a probe and the
+    frozen VAE decoder), validated on the validation split; the best snapshot is ``encoder.pt``."""
+    from sdk.models import ImageConditioner
+
+    r = RECIPE
+    final = work / "encoder.pt"
+    if final.exists():
+        log("encoder: done already")
+        return
+    torch.manual_seed(r.train_seed + 7)
+    dit_cfg, vae_cfg, cond_cfg = configs()
+    vae_model = load_vae(work).requires_grad_(False)
+    cond = ImageConditioner(cond_cfg)
+    cond.main_image_encoder.model.requires_grad_(True)
+    probe = ShapeProbe(cond_cfg.hidden_size, vae_cfg.num_latents, vae_cfg.embed_dim, cond_cfg.num_attention_heads)
+    params = list(cond.parameters()) + list(probe.parameters())
+    opt = torch.optim.AdamW(params, lr=r.encoder_lr, weight_decay=0.01)
+    ckpt_path, step, history, best = work / "encoder_train.pt", 0, [], None
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        cond.load_state_dict(state["cond"])
+        probe.load_state_dict(state["probe"])
+        opt.load_state_dict(state["opt"])
+        step, history, best = state["step"], state["history"], state["best"]
+        log(f"encoder: resuming at step {step}")
+    train = _frames_of(work, "train", ("images", "queries", "occupancy"))
+    val = _frames_of(work, "validation", ("images", "queries", "occupancy"))
+    n, t0, cpu0, running = len(train["images"]), time.time(), time.process_time(), []
+
+    def checkpoint() -> None:
+        _save({"cond": cond.state_dict(), "probe": probe.state_dict(), "opt": opt.state_dict(), "step": step,
+               "history": history, "best": best}, ckpt_path)
+
+    while step < r.encoder_steps and (cpu_minutes is None or time.process_time() - cpu0 < 60 * cpu_minutes):
+        gen = torch.Generator().manual_seed(r.train_seed * 1_000_033 + step)
+        idx = torch.randint(n, (r.encoder_batch,), generator=gen)
+        pick = torch.randint(train["queries"].shape[1], (r.encoder_batch, r.encoder_queries), generator=gen)
+        q = torch.gather(train["queries"][idx], 1, pick[..., None].expand(-1, -1, 3))
+        target = torch.gather(train["occupancy"][idx], 1, pick)
+        z = probe(cond(train["images"][idx].float()))
+        logits = vae_model.query(vae_model.decode(z), q)
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, r.encoder_steps, r.encoder_lr, 100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        running.append((loss.item(), _occupancy_iou(logits.detach(), target)))
+        if step % 50 == 0:
+            b, iou = np.mean(running, axis=0)
+            running.clear()
+            log(f"encoder step {step}/{r.encoder_steps} bce {b:.4f} iou {iou:.3f} ({time.time() - t0:.0f}s)")
+        if step % r.validate_every == 0 or step == r.encoder_steps:
+            bce, iou = _encoder_validation(cond, probe, vae_model, val)
+            history.append([step, round(time.process_time() - cpu0, 1), bce, iou])
+            if best is None or iou > best[1]:
+                best = [step, iou]
+                _save({"cond": cond.state_dict(), "probe": probe.state_dict(), "step": step, "iou": iou},
+                      work / "encoder_best.pt")
+            log(f"encoder: step {step} validation bce {bce:.4f} iou {iou:.3f} (best {best[1]:.3f} at {best[0]})")
+            checkpoint()
+    checkpoint()
+    if step >= r.encoder_steps or cpu_minutes is not None:
+        chosen = torch.load(work / "encoder_best.pt", weights_only=True)
+        _save({**chosen, "history": history}, final)
+        log(f"encoder: done; best validation IoU {chosen['iou']:.3f} at step {chosen['step']}")
+
+
+def load_encoder(work: Path):
+    from sdk.models import ImageConditioner
+
+    cond = ImageConditioner(configs()[2])
+    cond.load_state_dict(torch.load(work / "encoder.pt", weights_only=True)["cond"])
+    return cond.eval().requires_grad_(False)
+
+
+@app.command()
+def features(work: Path = Path(__file__).parent / "work") -> None:
+    """Run the frozen pre-trained encoder once over every train and validation frame (fp16 cache)."""
+    out = work / "features.pt"
+    if out.exists():
+        log("features: done already")
+        return
+    cond = load_encoder(work)
+    cache = {}
+    with torch.no_grad():
+        for split in ("train", "validation"):
+            d = load_split(work, split, ("images",))
+            images = torch.from_numpy(d["images"])
+            S, T = images.shape[:2]
+            flat = images.flatten(0, 1)
+            feats = torch.cat([cond(flat[i:i + 256].float()).half() for i in range(0, len(flat), 256)])
+            cache[split] = feats.view(S, T, *feats.shape[1:])
+            cache[f"{split}_seeds"] = torch.from_numpy(d["seeds"])
+            log(f"features: {split} {tuple(cache[split].shape)}")
+    _save(cache, out)
+
+
+def _frozen_clip_shape(step: int, T: int) -> tuple[int, int]:
+    """Several clips per step (the encoder's cost is gone): ``frozen_clips`` whole clips, twice as
+    many half clips, four times as many quarter clips, in turn."""
+    k = RECIPE.frozen_clips
+    return ((k, T), (2 * k, T // 2), (4 * k, T // 4))[step % 3]
+
+
+@app.command("dit-frozen")
+def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float = typer.Option(
+        None, help="Stop after this much process CPU time (a side-by-side design run)"),
+        name: str = "dit_frozen") -> None:
+    """Train the DiT from scratch on the frozen encoder's cached features (every training
+    sequence, several clips per step), validated every ``validate_every`` steps; the best EMA
+    snapshot is ``<name>.pt``."""
+    from sdk.models import Sculpt4DDiT
+
+    r = RECIPE
+    final = work / f"{name}.pt"
+    if final.exists():
+        log(f"{name}: done already")
+        return
+    torch.manual_seed(r.train_seed + 11)
+    model = Sculpt4DDiT(configs()[0])
+    params = list(model.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=r.frozen_lr, weight_decay=0.01)
+    ckpt_path, best_path, step, history = work / f"{name}_train.pt", work / f"{name}_best.pt", 0, []
+    cpu_before = 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(state["dit"])
+        opt.load_state_dict(state["opt"])
+        ema, step, history, cpu_before = state["ema"], state["step"], state["history"], state["cpu"]
+        log(f"{name}: resuming at step {step}")
+    data_ = _training_latents(work)
+    scale = float(data_["scale_factor"])
+    cache = torch.load(work / "features.pt", weights_only=True)
+    if cache["train_seeds"].tolist() != data_["seeds"].tolist():
+        raise SystemExit(f"{work / 'features.pt'} was made for other sequences; delete it and rerun 'features'")
+    lat = data_["latents"] * scale
+    val = validation_set(work, scale)
+    cpu0 = time.process_time()
+
+    def validate(s: int) -> None:
+        with _EMAWeights(params, ema):
+            loss = validation_loss(model, None, val, context=cache["validation"])
+        best = min((h[2] for h in history), default=float("inf"))
+        history.append([s, round(cpu_before + time.process_time() - cpu0, 1), loss])
+        if loss < best:
+            with _EMAWeights(params, ema):
+                _save({"dit": {k: v.clone() for k, v in model.state_dict().items()}, "step": s,
+                       "validation_loss": loss}, best_path)
+        log(f"{name}: step {s} validation loss (EMA) {loss:.4f} (best before {best:.4f})")
+
+    def checkpoint(s: int) -> None:
+        _save({"dit": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": s, "history": history,
+               "cpu": cpu_before + time.process_time() - cpu0}, ckpt_path)
+
+    budget = None if cpu_minutes is None else max(0.0, 60 * cpu_minutes - cpu_before)
+    step = _train_dit(model, None, ema, opt, step, r.frozen_steps, lambda s: _lr(s, r.frozen_steps, r.frozen_lr, r.warmup),
+                      lat, None, checkpoint, validate, features=cache["train"], clip_shape=_frozen_clip_shape,
+                      cpu_budget=budget)
+    checkpoint(step)
+    if step < r.frozen_steps and cpu_minutes is None:
+        return
+    best = torch.load(best_path, weights_only=True)
+    encoder_state = torch.load(work / "encoder.pt", weights_only=True)
+    _save({"dit": best["dit"], "cond": encoder_state["cond"], "scale_factor": scale, "history": history,
+           "step": best["step"], "validation_loss": best["validation_loss"]}, final)
+    log(f"{name}: done; best validation loss {best['validation_loss']:.4f} at step {best['step']}")
+
+
+@app.command("dit-joint")
+def dit_joint(work: Path = Path(__file__).parent / "work", cpu_minutes: float = typer.Option(
+        ..., help="Process CPU time of the run"), name: str = "dit_joint") -> None:
+    """The first design for a side-by-side run: DiT + image encoder from scratch together, one
+    16-frame step at a time (``_clip_shape``), on every training sequence, validated like
+    ``dit-frozen``; writes ``<name>.pt`` with its validation history."""
+    r = RECIPE
+    final = work / f"{name}.pt"
+    if final.exists():
+        log(f"{name}: done already")
+        return
+    torch.manual_seed(r.train_seed + 1)
+    model, cond = _dit_and_conditioner()
+    params = list(model.parameters()) + list(cond.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=r.dit_lr, weight_decay=0.01)
+    data_ = _training_latents(work)
+    scale = float(data_["scale_factor"])
+    lat, images = data_["latents"] * scale, data_["images"]
+    val = validation_set(work, scale)
+    history, cpu0 = [], time.process_time()
+    best_state: dict = {}
+
+    def validate(s: int) -> None:
+        with _EMAWeights(params, ema):
+            loss = validation_loss(model, cond, val)
+            if not history or loss < min(h[2] for h in history):
+                best_state.update(dit={k: v.clone() for k, v in model.state_dict().items()},
+                                  cond={k: v.clone() for k, v in cond.state_dict().items()}, step=s)
+        history.append([s, round(time.process_time() - cpu0, 1), loss])
+        log(f"{name}: step {s} validation loss (EMA) {loss:.4f}")
+
+    step = _train_dit(model, cond, ema, opt, 0, r.dit_steps, lambda s: _lr(s, r.dit_steps, r.dit_lr, r.warmup),
+                      lat, images, lambda s: None, validate, cpu_budget=60 * cpu_minutes)
+    if not history or history[-1][0] != step:
+        validate(step)
+    _save({**best_state, "scale_factor": scale, "history": history}, final)
+
+
 # The first run's DiT as it shipped (sculpt4d.json "hashes"); git revision 2262c1d holds it.
 FIRST_RUN_DIT_HASH = "36ce395d70b2b58b"
+SHIPPED_VAE_HASH = "1bf47f2bf95fd77c"  # the `vae` stage's result, unchanged in every package so far
 
 
 @app.command("from-package")
-def from_package(work: Path = Path(__file__).parent / "work", source: Path = PACKAGE_DIR) -> None:
+def from_package(work: Path = Path(__file__).parent / "work", source: Path = PACKAGE_DIR,
+                 vae_only: bool = typer.Option(False, "--vae-only", help="Only vae.pt, from any package whose VAE "
+                                               "is the `vae` stage's (every shipped one so far)")) -> None:
     """Recreate the first run's results (vae.pt, dit.pt) from its fp16 weights as they shipped,
     so that ``more`` can continue when the first run's work directory is gone. The package
     directory holds the continued weights now; get the first run's with
@@ -581,7 +890,16 @@ def from_package(work: Path = Path(__file__).parent / "work", source: Path = PAC
     ``--source /tmp/first/sdk/weights/demo``."""
     from sdk.models.checkpoint import build_conditioner, build_dit, build_vae, load_checkpoint
 
-    found = json.loads((source / "sculpt4d.json").read_text()).get("hashes", {}).get("dit")
+    hashes = json.loads((source / "sculpt4d.json").read_text()).get("hashes", {})
+    found = hashes.get("dit")
+    if vae_only:
+        if hashes.get("vae") != SHIPPED_VAE_HASH:
+            raise SystemExit(f"{source} holds another VAE (hash {hashes.get('vae')}, expected {SHIPPED_VAE_HASH})")
+        work.mkdir(parents=True, exist_ok=True)
+        if not (work / "vae.pt").exists():
+            _save({"model": build_vae(load_checkpoint(source)).state_dict()}, work / "vae.pt")
+        log(f"from-package: vae.pt from {source}")
+        return
     if found != FIRST_RUN_DIT_HASH:
         raise SystemExit(f"{source} is not the first run's DiT (hash {found}, expected {FIRST_RUN_DIT_HASH}); "
                          "see `train.py from-package --help` for where it is")

@@ -110,7 +110,7 @@ def _check_reachable(address: str, timeout: float) -> None:
                            "address, or raise --connect-timeout") from None
 
 
-def _connect(address: str, connect_timeout: float = 30.0):
+def connect(address: str, connect_timeout: float = 30.0):
     """``ray.init`` for ``address``; returns (ray, the address joined, or None for a local cluster
     started here). A remote address must accept a TCP connection within ``connect_timeout``."""
     import logging
@@ -266,7 +266,7 @@ def convert_on_ray(items: List[Item], model: str, backend: str, device: str | No
 def _convert_on_ray(items, pending, model, backend, device, settings, options, cluster, on_result, progress) -> dict:
     """``convert_on_ray``'s work, with stdout already redirected to the driver log."""
     t0 = time.perf_counter()
-    ray, joined = _connect(cluster.address, cluster.connect_timeout)
+    ray, joined = connect(cluster.address, cluster.connect_timeout)
     connect_s = time.perf_counter() - t0
     try:
         available = ray.cluster_resources()

@@ -15,7 +15,8 @@ PACKAGE = "sculpt4d-sdk"
 # import name -> the extra of pyproject.toml that installs it
 EXTRA_OF = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "tensorrt": "trt",
             "tensorrt_rtx": "trt-rtx", "cuda": "gpu", "rembg": "rembg",
-            "ray": "ray", "pyarrow": "ray"}
+            "ray": "ray", "pyarrow": "ray", "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve",
+            "multipart": "serve"}
 
 
 class MissingExtraError(ImportError):

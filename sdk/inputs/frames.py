@@ -38,6 +38,7 @@ __all__ = [
     "load_frames",
     "max_frame_pixels",
     "natural_sort_key",
+    "probe_video",
     "sample_indices",
     "special_file_reason",
 ]
@@ -356,6 +357,15 @@ def _open_video(path: Path):
         container.close()
         raise
     return container
+
+
+def probe_video(path: str | os.PathLike) -> None:
+    """Raise ``InputError`` unless ``path`` is a video whose first frame decodes (a quick check,
+    e.g. of an upload, before any work is queued; too few frames is found when the clip is read)."""
+    with closing(_decode(Path(path))) as frames:  # closes the container at once
+        for _index, _t, _frame in frames:
+            return
+    raise InputError(f"video {str(path)!r} contains no decodable video frames")
 
 
 def _unreadable(path: Path, exc: BaseException) -> str:
