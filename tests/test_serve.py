@@ -394,6 +394,11 @@ def test_status_files_archive_and_delete(shared):
     for name in job["files"]:
         response = requests.get(f"{shared.url}/v1/jobs/{job_id}/files/{name}", headers=AUTH, timeout=10)
         assert response.status_code == 200 and response.content == (shared.data_dir / "results" / job_id / name).read_bytes()
+    head = requests.head(f"{shared.url}/v1/jobs/{job_id}/files/frame_0000.glb", headers=AUTH, timeout=10)
+    assert head.status_code == 200 and int(head.headers["content-length"]) > 0 and not head.content
+    manifest = requests.get(f"{shared.url}/v1/jobs/{job_id}/files/manifest.json", headers=AUTH, timeout=10).json()
+    assert manifest["source"] == CLIP.name and manifest["input"]["path"] == CLIP.name  # not the server's path
+    assert str(shared.data_dir) not in json.dumps(manifest)
     archive = requests.get(f"{shared.url}/v1/jobs/{job_id}/archive", headers=AUTH, timeout=30)
     assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
     zf = zipfile.ZipFile(__import__("io").BytesIO(archive.content))
@@ -447,6 +452,7 @@ def test_failed_job_reports_its_error(shared, tmp_path):
     write_clip(clip, num_frames=3)
     job = shared.wait_state(shared.submit(dict(LIGHT, frames="8"), path=clip).json()["id"])
     assert job["state"] == "failed" and "3" in job["error"] and "8" in job["error"], job
+    assert "'short.mp4'" in job["error"] and str(shared.data_dir) not in job["error"]  # no server paths
     assert "files" not in job
     assert requests.get(f"{shared.url}/v1/jobs/{job['id']}/archive", headers=AUTH, timeout=10).status_code == 409
 
@@ -482,7 +488,8 @@ def test_health_metrics_and_openapi(shared):
 
 @pytest.mark.parametrize("args, message", [
     (["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0 without a token"),
-    (["--token", " "], "--token is empty"),
+    (["--token", " "], "--token (or $S4D_SERVE_TOKEN) is empty"),
+    (["--token", "with space"], "--token must be printable ASCII"),
     (["--max-queue", "0"], "--max-queue must be >= 1"),
     (["--max-upload-mb", "-1"], "--max-upload-mb must be a positive number"),
     (["--keep-days", "nan"], "--keep-days must be a positive number"),
@@ -495,6 +502,22 @@ def test_usage_errors_exit_2(tmp_path, args, message):
                             timeout=60, cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "S4D_SERVE_TOKEN"})
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_one_server_per_data_dir(start, tmp_path):
+    first = start()
+    job_id = first.submit(SLOW).json()["id"]
+    wait_running(first, job_id)
+    second = subprocess.run(s4d_serve("--data-dir", str(tmp_path / "data"), "--model", "tiny-random", "--port",
+                                      str(free_port()), "--token", TOKEN), capture_output=True, text=True, timeout=60,
+                            cwd=ROOT)
+    assert second.returncode == 2 and "in use by another s4d-serve (pid" in second.stderr, second.stderr
+    busy = subprocess.run(s4d_serve("--data-dir", str(tmp_path / "other"), "--model", "tiny-random", "--port",
+                                    str(first.port)), capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{first.port}" in busy.stderr, busy.stderr
+    job = first.job(job_id)
+    assert job["state"] in ("running", "succeeded") and job["attempts"] == 1  # not taken over
+    assert first.wait_state(job_id)["state"] == "succeeded"
 
 
 def test_foreign_data_dir_is_refused(tmp_path):
@@ -562,7 +585,7 @@ def test_store_queue_order_limit_recovery_and_expiry(tmp_path):
     store.close()
 
     store = JobStore(tmp_path / "jobs.sqlite3")  # a restart
-    assert store.recover(max_attempts=2) == ([], [])  # the running one was being cancelled
+    assert store.recover(max_attempts=2) == ([], [first.id])  # the running one was being cancelled
     assert store.get(first.id).state == "cancelled"
     store.add(ids[3], {"settings": {}, "formats": ["glb"]}, max_queue=3)
     assert store.claim().id == ids[3]
@@ -618,7 +641,7 @@ def test_result_files_are_only_the_listed_regular_files(tmp_path):
 
 
 def test_data_dir_clean_removes_only_what_it_wrote(tmp_path):
-    from sdk.serve.jobs import DataDir
+    from sdk.serve.jobs import DataDir, DataDirError
 
     data = DataDir(tmp_path / "d")
     data.prepare()
@@ -631,8 +654,10 @@ def test_data_dir_clean_removes_only_what_it_wrote(tmp_path):
     assert removed == [str(data.uploads / f"{orphan}.mp4")]
     assert sorted(p.name for p in data.uploads.iterdir()) == [f"{known}.mp4", "notes.txt"]
     assert (data.results / "mine").is_dir()
-    # an adopted empty directory gets the tag; a tagged one is reused
-    DataDir(tmp_path / "d").prepare()
+    # a tagged directory is reused, but only by one server at a time
+    DataDir(tmp_path / "d").prepare(lock=False)
+    with pytest.raises(DataDirError, match="in use by another s4d-serve"):
+        DataDir(tmp_path / "d").prepare()
     assert json.loads((tmp_path / "d" / "s4d-serve.json").read_text())["format"] == "sculpt4d-serve-data"
 
 

@@ -608,8 +608,12 @@ class ShapeProbe(torch.nn.Module):
     """Training-only head (never shipped): image tokens ``[B, N, W]`` -> unscaled VAE latents
     ``[B, P, C]``: learned queries, two blocks of cross-attention to the tokens + MLP."""
 
-    def __init__(self, width: int, latents: int, embed_dim: int, heads: int, blocks: int = 2) -> None:
+    def __init__(self, width: int, latents: int, embed_dim: int, heads: int, latent_std: float,
+                 blocks: int = 2) -> None:
         super().__init__()
+        # outputs of about unit size map onto the latents' own spread (their std is ~3.6, and a
+        # freshly initialised head gives ~0.5: the decoder would see one average shape for long)
+        self.latent_std = latent_std
         self.queries = torch.nn.Parameter(torch.randn(latents, width) * 0.02)
         self.blocks = torch.nn.ModuleList()
         for _ in range(blocks):
@@ -626,7 +630,7 @@ class ShapeProbe(torch.nn.Module):
             kv = b["norm_kv"](tokens)
             h = h + b["attn"](b["norm_q"](h), kv, kv, need_weights=False)[0]
             h = h + b["mlp"](h)
-        return self.out(h)
+        return self.out(h) * self.latent_std
 
 
 def _occupancy_iou(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -677,7 +681,9 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
     vae_model = load_vae(work).requires_grad_(False)
     cond = ImageConditioner(cond_cfg)
     cond.main_image_encoder.model.requires_grad_(True)
-    probe = ShapeProbe(cond_cfg.hidden_size, vae_cfg.num_latents, vae_cfg.embed_dim, cond_cfg.num_attention_heads)
+    latent_std = 1.0 / float(torch.load(work / "latents.pt", weights_only=True, mmap=True)["scale_factor"])
+    probe = ShapeProbe(cond_cfg.hidden_size, vae_cfg.num_latents, vae_cfg.embed_dim, cond_cfg.num_attention_heads,
+                       latent_std)
     params = list(cond.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=r.encoder_lr, weight_decay=0.01)
     ckpt_path, step, history, best = work / "encoder_train.pt", 0, [], None

@@ -48,6 +48,9 @@ class Item:
     identity: dict | None = None
     # topology of the output; for a consistent one, the flagged frames and mean fit (manifest: the rest)
     tracking: dict | None = None
+    # what the manifest names as the source (default: the input itself); s4d-serve gives the client's
+    # file name, not the path of the upload on the server
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -521,7 +524,9 @@ def convert_one(generator, item: Item, settings: RunSettings, options: OutputOpt
 
     try:
         seq = call_with_timeout(generate, options.timeout)
-        if scheme_of(item.input) not in (None, "file"):
+        if item.label is not None:
+            seq.source = item.label
+        elif scheme_of(item.input) not in (None, "file"):
             seq.source = item.input  # not the temporary download
         seq.input_identity = item.identity or input_identity(item.input)
         save = dict(formats=options.formats, animated_glb=options.sequence_glb, preview=options.preview,

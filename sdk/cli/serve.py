@@ -19,6 +19,7 @@ import ipaddress
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -85,7 +86,9 @@ def serve(
     if not 0 <= port <= 65535:
         usage_error(f"--port must be between 0 and 65535, got {port}")
     if token is not None and not token.strip():
-        usage_error("--token is empty")
+        usage_error("--token (or $S4D_SERVE_TOKEN) is empty")
+    if token is not None and not all(33 <= ord(c) <= 126 for c in token):
+        usage_error("--token must be printable ASCII without spaces (what an HTTP header carries unchanged)")
     if token is None and not _is_loopback(host) and not allow_no_token:
         usage_error(f"refusing to serve on {host} without a token: anyone who reaches it could submit jobs; pass "
                     "--token (or set S4D_SERVE_TOKEN), bind 127.0.0.1, or say --allow-no-token")
@@ -115,6 +118,7 @@ def serve(
     from ..serve.jobs import DataDirError
 
     uvicorn = require("uvicorn", "s4d-serve", "serve")
+    data_dir = str(Path(data_dir).expanduser().absolute())  # the Ray ingress runs in another working directory
     config = ServeConfig(data_dir=data_dir, model=model, backend=backend, device=device, host=host, port=port,
                          token=token, max_queue=max_queue, max_upload_mb=max_upload_mb, workers=workers,
                          keep_days=keep_days, max_attempts=max_attempts, drain_timeout=drain_timeout,
@@ -135,12 +139,13 @@ def serve(
     def load():
         return load_generator(model, backend, device, threads)
 
+    _check_port_free(host, port)  # before the data directory is taken and its jobs recovered
     try:
         server = Server(config, lambda s: LocalWorkers(s.store, s.data, load, workers, job_timeout,
                                                        on_finished=s.finished))
     except DataDirError as exc:
         usage_error(str(exc))
-    uv = _server_class(uvicorn)(uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level,
+    uv = _server_class(uvicorn, server.begin_drain)(uvicorn.Config(create_app(server), host=host, port=port, log_level=log_level,
                                        timeout_graceful_shutdown=10, access_log=log_level == "debug"))
     failed = threading.Event()
 
@@ -162,13 +167,32 @@ def serve(
         raise typer.Exit(code=2)
 
 
-def _server_class(uvicorn):
-    """uvicorn's Server, except that after a drained SIGTERM / SIGINT the process exits 0 (uvicorn
-    re-raises the signal, which ends the process by it: exit status 143 to a supervisor)."""
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    if port == 0:
+        return
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host.strip("[]"), port))
+    except OSError as exc:
+        usage_error(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _server_class(uvicorn, on_signal):
+    """uvicorn's Server, except that a SIGTERM / SIGINT starts the drain at once (``on_signal``: no
+    job starts any more while uvicorn finishes open requests) and that after the drain the process
+    exits 0 (uvicorn re-raises the signal, which ends the process by it: 143 to a supervisor)."""
     import contextlib
     import signal
 
     class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            on_signal()
+            super().handle_exit(sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self):
             if threading.current_thread() is not threading.main_thread():

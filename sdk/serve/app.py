@@ -19,6 +19,7 @@ the disk, and the workers (``sdk.serve.jobs.LocalWorkers`` or the Ray Serve repl
 import contextlib
 import hmac
 import math
+import os
 import shutil
 import threading
 import time
@@ -178,10 +179,16 @@ class Server:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    def begin_drain(self) -> None:
+        """SIGTERM arrived: from now on no job starts, POST answers 503 and /readyz 503."""
+        self.draining = True
+        self.workers._accepting = False
+        self.workers.notify()
+
     def start(self) -> dict[str, list[str]]:
         """Recover the previous process's jobs, tidy the data directory, start workers and janitor."""
-        requeued, failed = self.store.recover(self.config.max_attempts)
-        for job_id in failed:
+        requeued, ended = self.store.recover(self.config.max_attempts)
+        for job_id in ended:
             job = self.store.get(job_id)
             if job is not None:
                 self.data.remove_upload(job_id, job.request)
@@ -190,7 +197,7 @@ class Server:
         self.workers.start()
         self._janitor = threading.Thread(target=self._janitor_loop, name="s4d-janitor", daemon=True)
         self._janitor.start()
-        return {"requeued": requeued, "failed": failed, "removed": removed}
+        return {"requeued": requeued, "ended": ended, "removed": removed}
 
     def stop(self) -> None:
         """SIGTERM: stop accepting, let running jobs finish for --drain-timeout, re-queue the rest."""
@@ -246,6 +253,8 @@ class Server:
         with atomic_file(target, overwrite=False) as tmp:
             with open(tmp, "wb") as out:
                 shutil.copyfileobj(upload, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())  # the 202 promises the job survives a power loss, upload included
             if tmp.stat().st_size == 0:
                 raise FieldError(UPLOAD_FIELD, f"{UPLOAD_FIELD}: the uploaded file {filename!r} is empty")
             try:
@@ -253,6 +262,7 @@ class Server:
             except InputError as exc:
                 raise FieldError(UPLOAD_FIELD, f"{UPLOAD_FIELD}: {str(exc).replace(str(tmp), filename or 'upload')}") \
                     from None
+        _fsync_directory(target.parent)
         try:
             job = self.store.add(job_id, request, self.config.max_queue)
         except BaseException:
@@ -260,6 +270,14 @@ class Server:
             raise
         self.workers.notify()
         return job
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def create_app(server: Server):
@@ -321,8 +339,7 @@ def create_app(server: Server):
         if workers.ready and not server.draining:
             return {"ready": True, "model": config.model, "workers": workers.count}
         reason = ("draining" if server.draining else
-                  f"model {config.model!r} failed to load: {workers.load_error}" if workers.load_error else
-                  "loading the model")
+                  "loading the model (or the model failed to load: see the server's log)")
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
     @app.get("/metrics", summary="Prometheus metrics", dependencies=auth, response_class=Response)
@@ -410,7 +427,8 @@ def create_app(server: Server):
             raise HTTPException(409, f"job {job_id} is {job.state}; files exist once it succeeded")
         return job
 
-    @app.get("/v1/jobs/{job_id}/files/{name:path}", dependencies=auth, summary="One result file")
+    @app.api_route("/v1/jobs/{job_id}/files/{name:path}", methods=["GET", "HEAD"], dependencies=auth,
+                   summary="One result file")
     def get_file(job_id: str, name: str):
         job = finished_files(job_id)
         path = result_file(server.data, job_id, job.files, name)
@@ -418,10 +436,18 @@ def create_app(server: Server):
             raise HTTPException(404, f"job {job_id} has no file {name!r}; its files are listed in GET /v1/jobs/{job_id}")
         return FileResponse(path, filename=Path(name).name)
 
-    @app.get("/v1/jobs/{job_id}/archive", dependencies=auth, summary="A zip of all result files")
+    @app.api_route("/v1/jobs/{job_id}/archive", methods=["GET", "HEAD"], dependencies=auth,
+                   summary="A zip of all result files")
     def get_archive(job_id: str):
         job = finished_files(job_id)
-        path = build_archive(server.data, job_id, job.files)
+        try:
+            path = build_archive(server.data, job_id, job.files)
+        except FileNotFoundError:
+            path = None
+        if path is None or server.store.get(job_id) is None:  # deleted or expired meanwhile
+            if path is not None:
+                server.data.remove_results(job_id)
+            raise HTTPException(404, f"job {job_id} was deleted or expired")
         return FileResponse(path, media_type="application/zip", filename=f"{job_id}.zip")
 
     @app.delete("/v1/jobs/{job_id}", dependencies=auth,
@@ -437,6 +463,9 @@ def create_app(server: Server):
             if result == "cancelling":
                 server.workers.cancel(job_id)
                 return JSONResponse({"id": job_id, "state": "running", "cancelling": True}, status_code=202)
+            # it ended between the two reads: a cancel must not delete results the client never saw
+            return JSONResponse({"id": job_id, "state": result, "detail": f"the job ended ({result}) before it "
+                                 "could be cancelled; DELETE again to delete it"}, status_code=409)
         if server.store.delete(job_id):
             server.data.remove_results(job_id)
             server.data.remove_upload(job_id, job.request)

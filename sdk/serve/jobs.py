@@ -142,6 +142,7 @@ def resolve(request: dict[str, Any], defaults: dict[str, Any], fixed_frames: int
 
 DATA_TAG = "s4d-serve.json"
 DATA_FORMAT = "sculpt4d-serve-data"
+LOCK_FILE = "s4d-serve.lock"
 
 
 class DataDirError(ValueError):
@@ -159,8 +160,10 @@ class DataDir:
         self.uploads, self.results, self.archives = (self.root / n for n in ("uploads", "results", "archives"))
         self.db = self.root / "jobs.sqlite3"
 
-    def prepare(self) -> None:
-        """Create the directory (or adopt an empty one), or check that it is ours."""
+    def prepare(self, lock: bool = True) -> None:
+        """Create the directory (or adopt an empty one), or check that it is ours; with ``lock``,
+        take it for this process (``DataDirError`` while another s4d-serve holds it: two servers
+        on one queue would re-run each other's running jobs)."""
         tag = self.root / DATA_TAG
         if self.root.exists() and not self.root.is_dir():
             raise DataDirError(f"--data-dir {self.root} exists and is not a directory")
@@ -177,8 +180,27 @@ class DataDir:
                 tag.write_text(json.dumps({"format": DATA_FORMAT, "version": 1}) + "\n")
             for sub in (self.uploads, self.results, self.archives):
                 sub.mkdir(exist_ok=True)
+            if lock:
+                self._lock()
         except (OSError, JSONFileError) as exc:
             raise DataDirError(f"cannot use --data-dir {self.root}: {exc}") from None
+
+    def _lock(self) -> None:
+        import fcntl
+
+        if getattr(self, "_lock_fd", None) is not None:
+            return
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirError(f"--data-dir {self.root} is in use by another s4d-serve (pid {holder}); stop it first "
+                               "or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd  # held (and the lock with it) until this process ends
 
     def upload_of(self, job_id: str, request: dict[str, Any]) -> Path:
         """Where a job's uploaded video is kept."""
@@ -233,16 +255,24 @@ class _suppress_missing:
         return kind is not None and issubclass(kind, FileNotFoundError)
 
 
+_ARCHIVE_LOCK = threading.Lock()
+
+
 def build_archive(data: DataDir, job_id: str, files: list[str]) -> Path:
-    """The zip of a succeeded job's files (``<id>/<name>``), made once, atomically, then reused."""
+    """The zip of a succeeded job's files (``<id>/<name>``; only files ``result_file`` serves), made
+    once (one build at a time), atomically, then reused. ``FileNotFoundError`` when the job's
+    files went away meanwhile (deleted, expired)."""
     target = data.archive_of(job_id)
-    if target.is_file():
-        return target
-    root = data.result_of(job_id)
-    with atomic_file(target) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for name in files:
-                zf.write(root / name, f"{job_id}/{name}")
+    with _ARCHIVE_LOCK:
+        if target.is_file():
+            return target
+        with atomic_file(target) as tmp:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                for name in files:
+                    path = result_file(data, job_id, files, name)
+                    if path is None:
+                        raise FileNotFoundError(f"result file {name!r} of job {job_id} is gone")
+                    zf.write(path, f"{job_id}/{name}")
     return target
 
 
@@ -337,15 +367,23 @@ def convert_job(generator, video: Path, request: dict[str, Any], output: Path, p
         settings = resolve(request, generator.defaults, generator.runtime.fixed_frames)
     except FieldError as exc:
         return Outcome("failed", str(exc))
-    item = Item(input=str(video), name=output.name, output=str(output))
+    label = request.get("filename") or "upload"
+    item = Item(input=str(video), name=output.name, output=str(output), label=label,
+                identity={"path": label, "size": video.stat().st_size})
     options = OutputOptions(tuple(request["formats"]), overwrite=True, timeout=timeout,
                             **request.get("outputs", {}))
     convert_one(generator, item, settings, options, progress=progress)
     if item.status != "ok":
-        return Outcome("failed", item.error)
+        return Outcome("failed", public_text(item.error or "failed", video, label, output.parent.parent))
     manifest = read_json(output / SEQUENCE_MANIFEST)
     return Outcome("succeeded", files=list(manifest["files"]), timings=dict(manifest.get("timings_s", {})),
                    tracking=item.tracking)
+
+
+def public_text(text: str, upload: Path, label: str, root: Path) -> str:
+    """``text`` (an error) as a client may see it: the upload's path on the server becomes the
+    client's file name, and any other path in the data directory ``<data-dir>/...``."""
+    return text.replace(str(upload), label).replace(str(root), "<data-dir>")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -364,6 +402,9 @@ def load_generator(model: str, backend: str = "auto", device: str | None = None,
     return Generator.from_pretrained(model, backend=backend, device=device)
 
 
+STOP_GRACE = 10.0  # seconds a job stopped by a drain gets to reach its next progress step
+
+
 class WorkerPool:
     """What the HTTP app needs of whatever runs the jobs (threads here, Ray Serve replicas in
     ``sdk.serve.ray_serve``): ``start``, ``ready``, ``load_error``, ``model_info``, ``notify``,
@@ -376,6 +417,7 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._running: dict[str, Any] = {}
         self.load_error: str | None = None
+        self.last_error: str | None = None  # the last failure of the store or the disk a worker survived
         self.model_info: dict[str, Any] = {}
 
     @property
@@ -441,12 +483,18 @@ class LocalWorkers(WorkerPool):
             progress.stop("cancel")
 
     def stop(self, drain: float) -> None:
-        """Stop taking jobs; wait up to ``drain`` seconds for running ones, then re-queue them."""
+        """Stop taking jobs; wait up to ``drain`` seconds for running ones, then stop them (at their
+        next progress step; a few seconds at most, writing outputs included) and put them back in
+        the queue. A job that still has not stopped is put back from here: the interrupted start
+        never counts as an attempt."""
         self._drain(drain)
         for progress in list(self._running.values()):
             progress.stop("drain")
+        deadline = time.monotonic() + STOP_GRACE
         for thread in self._threads:
-            thread.join(timeout=max(5.0, drain))
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for job_id in list(self._running):
+            self.store.requeue(job_id, "re-queued: the server was stopped (SIGTERM) while it ran")
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -460,9 +508,13 @@ class LocalWorkers(WorkerPool):
             self.model_info = {"defaults": generator.defaults, "fixed_frames": generator.runtime.fixed_frames}
         self.generators.append(generator)
         while self._accepting:
-            job = self._next_job()
-            if job is not None:
-                self.run(generator, job)
+            try:
+                job = self._next_job()
+                if job is not None:
+                    self.run(generator, job)
+            except Exception as exc:  # the store itself failed (disk full): keep the worker, retry
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                time.sleep(1.0)
 
     def run(self, generator, job) -> None:
         """Run one claimed job to its end state (or back to the queue when drained)."""
@@ -472,15 +524,17 @@ class LocalWorkers(WorkerPool):
         progress = JobProgress(lambda stages: self.store.set_progress(job.id, stages), should_stop)
         self._running[job.id] = progress
         outcome, t0 = None, time.perf_counter()
+        upload = self.data.upload_of(job.id, job.request)
         try:
+            if not self._accepting:  # a drain began between the claim and now
+                raise JobStopped("drain")
             if self.store.cancel_requested(job.id):
                 raise JobStopped("cancel")
-            outcome = convert_job(generator, self.data.upload_of(job.id, job.request), job.request,
-                                  self.data.result_of(job.id), progress, self.job_timeout)
-            if self.store.cancel_requested(job.id):  # asked while the outputs were being written
-                raise JobStopped("cancel")
-            self.store.finish(job.id, outcome.state, error=outcome.error, files=outcome.files,
-                              timings=outcome.timings, tracking=outcome.tracking, progress=progress.stages)
+            outcome = convert_job(generator, upload, job.request, self.data.result_of(job.id), progress,
+                                  self.job_timeout)
+            if not self.store.finish(job.id, outcome.state, error=outcome.error, files=outcome.files,
+                                     timings=outcome.timings, tracking=outcome.tracking, progress=progress.stages):
+                raise JobStopped("cancel")  # cancelled (or re-queued) while the outputs were written
             state = outcome.state
         except JobStopped as stop:
             if stop.reason == "drain":
@@ -491,7 +545,9 @@ class LocalWorkers(WorkerPool):
                 self.store.finish(job.id, "cancelled", progress=progress.stages)
                 state = "cancelled"
         except Exception as exc:  # ours, not the clip's: fail the job, keep the worker
-            self.store.finish(job.id, "failed", error=f"internal error ({type(exc).__name__}): {exc}")
+            label = job.request.get("filename") or "upload"
+            self.store.finish(job.id, "failed", error=public_text(f"internal error ({type(exc).__name__}): {exc}",
+                                                                  upload, label, self.data.root))
             state = "failed"
         finally:
             self._running.pop(job.id, None)

@@ -111,6 +111,12 @@ class RayWorkers(WorkerPool):
             outcome, state = None, "failed"
             try:
                 outcome, state = self._run(job)
+            except Exception as exc:  # ours (disk, store), not the clip's: fail the job, keep dispatching
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                try:
+                    self.store.finish(job.id, "failed", error=f"internal error ({type(exc).__name__})")
+                except Exception:
+                    time.sleep(1.0)
             finally:
                 self._running.pop(job.id, None)
             if state in FINISHED:
@@ -135,10 +141,10 @@ class RayWorkers(WorkerPool):
             self.store.finish(job.id, "failed", error=f"its replica failed {job.attempts} time(s) "
                               f"({type(exc).__name__}: {exc}); not retried again (--max-attempts)")
             return None, "failed"
-        if self.store.cancel_requested(job.id):
+        outcome = Outcome(**reply["outcome"])
+        if outcome.state == "succeeded" and self.store.cancel_requested(job.id):
             self.store.finish(job.id, "cancelled")
             return None, "cancelled"
-        outcome = Outcome(**reply["outcome"])
         if outcome.state == "succeeded":
             root = self.data.result_of(job.id)
             with atomic_directory(root, overwrite=True, owned=written_sequence) as tmp:
@@ -148,8 +154,11 @@ class RayWorkers(WorkerPool):
                         raise ValueError(f"replica returned a file outside the job's directory: {name!r}")
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(payload)
-        self.store.finish(job.id, outcome.state, error=outcome.error, files=outcome.files, timings=outcome.timings,
-                          tracking=outcome.tracking)
+        if not self.store.finish(job.id, outcome.state, error=outcome.error, files=outcome.files,
+                                 timings=outcome.timings, tracking=outcome.tracking):
+            self.data.remove_results(job.id)  # cancelled while the files came back
+            self.store.finish(job.id, "cancelled")
+            return None, "cancelled"
         return outcome, outcome.state
 
 
@@ -174,7 +183,8 @@ def serve_on_ray(config, address: str, replicas: int, gpus_per_replica: float) -
 
     require("ray", "s4d-serve --ray", "serve-ray")
     serve = require("ray.serve", "s4d-serve --ray", "serve-ray")
-    DataDir(config.data_dir).prepare()  # refuse a foreign directory before any cluster starts
+    DataDir(config.data_dir).prepare(lock=False)  # refuse a foreign directory before any cluster starts;
+    # the ingress takes the lock
     try:
         ray, joined = connect(LOCAL if address in ("auto", LOCAL) else address)
     except ClusterError as exc:

@@ -1,7 +1,7 @@
 """The durable job store of ``s4d-serve``: one SQLite database (WAL) in the data directory.
 
-A job is accepted only once its row is committed, so a crash (``kill -9``, power loss with
-``synchronous=FULL``) never loses an accepted job. States::
+A job is accepted only once its row is committed (and its upload written and flushed to disk),
+so a crash (``kill -9``; power loss too, with ``synchronous=FULL``) never loses an accepted job. States::
 
     queued -> running -> succeeded | failed | cancelled
        \\-> cancelled          running -> queued (drain, or a restart after a crash)
@@ -138,14 +138,15 @@ class JobStore:
 
     def _write(self, fn):
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+                return out
+            except BaseException:  # also a failed COMMIT (disk full) or an exception delivered to the thread
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")  # never leave the shared connection inside a transaction
                 raise
-            self._db.execute("COMMIT")
-            return out
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -213,16 +214,20 @@ class JobStore:
 
     def finish(self, job_id: str, state: str, *, error: str | None = None, files: list[str] | None = None,
                timings: dict[str, float] | None = None, tracking: dict | None = None,
-               progress: dict | None = None) -> None:
-        """End a running job as ``succeeded``, ``failed`` or ``cancelled``."""
+               progress: dict | None = None) -> bool:
+        """End a running job as ``succeeded``, ``failed`` or ``cancelled``. Only a job that is still
+        ``running`` changes (not one a drain put back in the queue meanwhile), and a job whose
+        cancellation was asked never becomes ``succeeded``: returns False then (the caller discards
+        the results and finishes it as ``cancelled``)."""
         if state not in FINISHED:
             raise ValueError(f"finish: state must be one of {FINISHED}, got {state!r}")
-        self._write(lambda db: db.execute(
+        guard = " AND cancel = 0" if state == "succeeded" else ""
+        return self._write(lambda db: db.execute(
             "UPDATE jobs SET state = ?, finished = ?, error = ?, files = ?, timings = ?, tracking = ?, "
-            "progress = COALESCE(?, progress) WHERE id = ?",
+            f"progress = COALESCE(?, progress) WHERE id = ? AND state = 'running'{guard}",
             (state, time.time(), error, json.dumps(files or []), json.dumps(timings or {}),
              None if tracking is None else json.dumps(tracking),
-             None if progress is None else json.dumps(progress), job_id)))
+             None if progress is None else json.dumps(progress), job_id)).rowcount > 0)
 
     def requeue(self, job_id: str, note: str, count_attempt: bool = False) -> None:
         """Put a running job back at the head of the queue (a drain stopped it); by default the
@@ -264,13 +269,14 @@ class JobStore:
     def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """After a restart: every job left ``running`` by the previous process is queued again, or
         failed once it has started ``max_attempts`` times; a running job whose cancellation was
-        asked is cancelled. Returns (requeued ids, failed ids)."""
+        asked is cancelled. Returns (requeued ids, ended ids: failed or cancelled)."""
 
         def recover(db):
             now, requeued, failed = time.time(), [], []
             for row in db.execute("SELECT id, attempts, cancel FROM jobs WHERE state = 'running'").fetchall():
                 if row["cancel"]:
                     db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ?", (now, row["id"]))
+                    failed.append(row["id"])
                 elif row["attempts"] >= max_attempts:
                     db.execute("UPDATE jobs SET state = 'failed', finished = ?, error = ? WHERE id = ?",
                                (now, f"the server stopped (crash or kill) while this job ran, {row['attempts']} "
