@@ -9,6 +9,14 @@
     python examples/train_demo/train.py package      # fp16 safetensors into sdk/weights/demo
     python examples/train_demo/train.py from-package --source DIR   # first-run results from weights
 
+Design 2 (a shape-pretrained, frozen encoder; see README.md next to this file):
+
+    python examples/train_demo/train.py from-package --vae-only   # vae.pt as shipped, then `latents`
+    python examples/train_demo/train.py encoder      # encoder + probe -> occupancy via the frozen VAE
+    python examples/train_demo/train.py features     # the frozen encoder's features, every frame
+    python examples/train_demo/train.py dit-frozen   # the DiT on cached features, several clips a step
+    python examples/train_demo/train.py dit-joint --cpu-minutes M   # the shipped design, side by side
+
 Every stage is seeded, writes into ``--work`` (default ``examples/train_demo/work``), saves a
 resumable checkpoint as it goes and is skipped when its output exists. The models are the
 SDK's own classes with the ``demo()`` configs of ``sdk.models.config``: the same code as the full-size
@@ -415,7 +423,7 @@ def validation_loss(model, cond, val: dict[str, torch.Tensor], context: torch.Te
 
 def _train_dit(model, cond, ema: list[torch.Tensor], opt, step: int, end: int, lr_at, lat: torch.Tensor,
                images: torch.Tensor, checkpoint, validate=None, features: torch.Tensor | None = None,
-               clip_shape=None, cpu_budget: float | None = None) -> int:
+               clip_shape=None, cpu_budget: float | None = None, validate_every: int | None = None) -> int:
     """The flow-matching loop shared by the DiT stages: steps ``step .. end`` (global numbering:
     the randomness of step k is derived from the seed and k only), EMA after every step,
     ``checkpoint(step)`` every ``checkpoint_every`` steps and ``validate(step)`` (when given)
@@ -472,7 +480,7 @@ def _train_dit(model, cond, ema: list[torch.Tensor], opt, step: int, end: int, l
             log(f"dit step {step}/{end} loss {np.mean(running):.4f} lr {lr_at(step - 1):.2e} "
                 f"({time.time() - t0:.0f}s, {rate:.2f} s/step)")
             running.clear()
-        validated = validate is not None and (step % r.validate_every == 0 or step == end)
+        validated = validate is not None and (step % (validate_every or r.validate_every) == 0 or step == end)
         if validated:
             validate(step)
         # Also right after a validation, so a resumed run never has a best snapshot from beyond
@@ -779,7 +787,7 @@ def _frozen_clip_shape(step: int, T: int) -> tuple[int, int]:
 @app.command("dit-frozen")
 def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float = typer.Option(
         None, help="Stop after this much process CPU time (a side-by-side design run)"),
-        name: str = "dit_frozen") -> None:
+        name: str = "dit_frozen", validate_every: int = RECIPE.validate_every) -> None:
     """Train the DiT from scratch on the frozen encoder's cached features (every training
     sequence, several clips per step), validated every ``validate_every`` steps; the best EMA
     snapshot is ``<name>.pt``."""
@@ -830,7 +838,9 @@ def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float =
     budget = None if cpu_minutes is None else max(0.0, 60 * cpu_minutes - cpu_before)
     step = _train_dit(model, None, ema, opt, step, r.frozen_steps, lambda s: _lr(s, r.frozen_steps, r.frozen_lr, r.warmup),
                       lat, None, checkpoint, validate, features=cache["train"], clip_shape=_frozen_clip_shape,
-                      cpu_budget=budget)
+                      cpu_budget=budget, validate_every=validate_every)
+    if not history or history[-1][0] != step:
+        validate(step)
     checkpoint(step)
     if step < r.frozen_steps and cpu_minutes is None:
         return
@@ -843,7 +853,8 @@ def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float =
 
 @app.command("dit-joint")
 def dit_joint(work: Path = Path(__file__).parent / "work", cpu_minutes: float = typer.Option(
-        ..., help="Process CPU time of the run"), name: str = "dit_joint") -> None:
+        ..., help="Process CPU time of the run"), name: str = "dit_joint",
+        validate_every: int = RECIPE.validate_every) -> None:
     """The first design for a side-by-side run: DiT + image encoder from scratch together, one
     16-frame step at a time (``_clip_shape``), on every training sequence, validated like
     ``dit-frozen``; writes ``<name>.pt`` with its validation history."""
@@ -874,7 +885,8 @@ def dit_joint(work: Path = Path(__file__).parent / "work", cpu_minutes: float = 
         log(f"{name}: step {s} validation loss (EMA) {loss:.4f}")
 
     step = _train_dit(model, cond, ema, opt, 0, r.dit_steps, lambda s: _lr(s, r.dit_steps, r.dit_lr, r.warmup),
-                      lat, images, lambda s: None, validate, cpu_budget=60 * cpu_minutes)
+                      lat, images, lambda s: None, validate, cpu_budget=60 * cpu_minutes,
+                      validate_every=validate_every)
     if not history or history[-1][0] != step:
         validate(step)
     _save({**best_state, "scale_factor": scale, "history": history}, final)
@@ -919,11 +931,14 @@ def from_package(work: Path = Path(__file__).parent / "work", source: Path = PAC
     log(f"from-package: vae.pt and dit.pt from {source}")
 
 
-def load_trained(work: Path):
+def load_trained(work: Path, result_name: str | None = None):
     from sdk.models import ShapeVAE
 
     dit_cfg, vae_cfg, cond_cfg = configs()
-    result = work / "dit_more.pt" if (work / "dit_more.pt").exists() else work / "dit.pt"
+    if result_name is not None:
+        result = work / f"{result_name}.pt"
+    else:
+        result = work / "dit_more.pt" if (work / "dit_more.pt").exists() else work / "dit.pt"
     state = torch.load(result, weights_only=True)
     vae_cfg = dataclasses.replace(vae_cfg, scale_factor=state["scale_factor"])
     model, cond = _dit_and_conditioner()
@@ -935,12 +950,15 @@ def load_trained(work: Path):
 
 
 @app.command()
-def package(work: Path = Path(__file__).parent / "work", out: Path = PACKAGE_DIR) -> None:
-    """Write the trained weights (fp16 safetensors + sculpt4d.json) into the SDK package."""
+def package(work: Path = Path(__file__).parent / "work", out: Path = PACKAGE_DIR,
+            result: str = typer.Option(None, help="A stage's result to package (e.g. design_frozen for "
+                                       "work/design_frozen.pt) [default: dit_more, else dit]")) -> None:
+    """Write the trained weights (fp16 safetensors + sculpt4d.json) into the SDK package (or ``--out``:
+    a candidate to evaluate with ``evaluate.py --model``)."""
     from sdk.models.checkpoint import save_checkpoint
 
     r = RECIPE
-    model, vae_model, cond = load_trained(work)
+    model, vae_model, cond = load_trained(work, result)
     metadata = {
         "name": "sculpt4d-demo",
         "description": "Small Sculpt4D trained on synthetic 4D primitives (examples/train_demo). "
