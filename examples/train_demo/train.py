@@ -821,14 +821,13 @@ def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float =
     cpu0 = time.process_time()
 
     def validate(s: int) -> None:
-        with _EMAWeights(params, ema):
-            loss = validation_loss(model, None, val, context=cache["validation"])
         best = min((h[2] for h in history), default=float("inf"))
-        history.append([s, round(cpu_before + time.process_time() - cpu0, 1), loss])
-        if loss < best:
-            with _EMAWeights(params, ema):
+        with _EMAWeights(params, ema):  # one swap for the score and, when it is the best, the snapshot
+            loss = validation_loss(model, None, val, context=cache["validation"])
+            if loss < best:
                 _save({"dit": {k: v.clone() for k, v in model.state_dict().items()}, "step": s,
                        "validation_loss": loss}, best_path)
+        history.append([s, round(cpu_before + time.process_time() - cpu0, 1), loss])
         log(f"{name}: step {s} validation loss (EMA) {loss:.4f} (best before {best:.4f})")
 
     def checkpoint(s: int) -> None:

@@ -457,6 +457,19 @@ def plan_items(items: List[Item], outdir: str, inputs: List[str], options: Outpu
 # --------------------------------------------------------------------------------------------
 
 
+def load_generator(model: str, backend: str = "auto", device: str | None = None, threads: int | None = None):
+    """One model instance as ``--model`` names it (``Generator.from_pretrained``); ``threads`` sets
+    torch's CPU threads first (the C++ kernel takes torch's count on every call). Used by
+    ``s4d-convert``, its Ray workers and ``s4d-serve``."""
+    from ..generation.pipeline import Generator
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return Generator.from_pretrained(model, backend=backend, device=device)
+
+
 class ClipTimeout(BaseException):
     """Raised inside a clip's conversion when it runs past ``OutputOptions.timeout``. A
     BaseException, so the ``except Exception`` fallbacks inside the pipeline cannot swallow it."""

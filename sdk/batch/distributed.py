@@ -147,13 +147,9 @@ class ClipConverter:
                  options: OutputOptions, threads: int | None) -> None:
         self.host, self.options = socket.gethostname(), options
         try:
-            from ..generation.pipeline import Generator
+            from .clips import load_generator
 
-            if threads is not None:
-                import torch
-
-                torch.set_num_threads(threads)
-            self.generator = Generator.from_pretrained(model, backend=backend, device=device)
+            self.generator = load_generator(model, backend, device, threads)
             self.settings = settings.resolved(self.generator.defaults)
             fixed = self.generator.runtime.fixed_frames
             if fixed is not None and fixed != self.settings.num_frames:

@@ -230,16 +230,11 @@ def _load_generator(model: str, backend: str, device: str | None, threads: int |
     try:
         import warnings
 
-        from ..generation.pipeline import Generator  # the heavy imports (torch, transformers) start here
-
-        if threads is not None:  # the C++ kernel takes torch's count on every call
-            import torch
-
-            torch.set_num_threads(threads)
+        from ..batch.clips import load_generator  # the heavy imports (torch, transformers) start inside
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            generator = Generator.from_pretrained(model, backend=backend, device=device)
+            generator = load_generator(model, backend, device, threads)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         return generator

@@ -134,7 +134,8 @@ def serve(
         return
 
     # 2. the server: the model loads in the background while /healthz already answers
-    from ..serve.jobs import LocalWorkers, load_generator
+    from ..batch.clips import load_generator
+    from ..serve.jobs import LocalWorkers
 
     def load():
         return load_generator(model, backend, device, threads)

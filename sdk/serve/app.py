@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.extras import require
-from .jobs import (ALL_FIELDS, FIELDS, FORMAT_FIELD, LABELS, OUTPUT_FIELDS, UPLOAD_FIELD, DataDir, FieldError, build_archive, resolve,
-                   result_file)
+from .jobs import (ALL_FIELDS, FIELDS, FORMAT_FIELD, LABELS, OUTPUT_FIELDS, UPLOAD_FIELD, DataDir, FieldError,
+                   build_archive, public_text, resolve, result_file)
 from .store import FINISHED, JOB_ID, JobStore, QueueFull, new_job_id
 
 TOKEN_ENV = "S4D_SERVE_TOKEN"
@@ -182,8 +182,7 @@ class Server:
     def begin_drain(self) -> None:
         """SIGTERM arrived: from now on no job starts, POST answers 503 and /readyz 503."""
         self.draining = True
-        self.workers._accepting = False
-        self.workers.notify()
+        self.workers.stop_taking()
 
     def start(self) -> dict[str, list[str]]:
         """Recover the previous process's jobs, tidy the data directory, start workers and janitor."""
@@ -219,11 +218,18 @@ class Server:
         gone = []
         for job_id in self.store.expired(time.time() - self.config.keep_days * 86400):
             job = self.store.get(job_id)
-            if job is not None and self.store.delete(job_id):
-                self.data.remove_results(job_id)
-                self.data.remove_upload(job_id, job.request)
+            if job is not None and self.forget(job):
                 gone.append(job_id)
         return gone
+
+    def forget(self, job) -> bool:
+        """Delete a finished job: its record first (a crash in between leaves only files, which the
+        next start removes), then its results, archive and upload. False if it is not finished."""
+        if not self.store.delete(job.id):
+            return False
+        self.data.remove_results(job.id)
+        self.data.remove_upload(job.id, job.request)
+        return True
 
     def finished(self, outcome, state: str, seconds: float | None) -> None:
         """Called by the workers when a job ends: metrics and the Retry-After estimate."""
@@ -260,8 +266,8 @@ class Server:
             try:
                 probe_video(tmp)
             except InputError as exc:
-                raise FieldError(UPLOAD_FIELD, f"{UPLOAD_FIELD}: {str(exc).replace(str(tmp), filename or 'upload')}") \
-                    from None
+                raise FieldError(UPLOAD_FIELD, f"{UPLOAD_FIELD}: "
+                                 f"{public_text(str(exc), tmp, filename or 'upload', self.data.root)}") from None
         _fsync_directory(target.parent)
         try:
             job = self.store.add(job_id, request, self.config.max_queue)
@@ -296,7 +302,6 @@ def create_app(server: Server):
     async def lifespan(_app):
         await run_in_threadpool(server.start)
         yield
-        server.draining = True
         await run_in_threadpool(server.stop)
 
     app = fastapi.FastAPI(title="Sculpt4D s4d-serve", version=__version__, lifespan=lifespan,
@@ -466,9 +471,7 @@ def create_app(server: Server):
             # it ended between the two reads: a cancel must not delete results the client never saw
             return JSONResponse({"id": job_id, "state": result, "detail": f"the job ended ({result}) before it "
                                  "could be cancelled; DELETE again to delete it"}, status_code=409)
-        if server.store.delete(job_id):
-            server.data.remove_results(job_id)
-            server.data.remove_upload(job_id, job.request)
+        if server.forget(job):
             return {"id": job_id, "deleted": True}
         raise HTTPException(404, f"no job {job_id!r}")
 

@@ -216,15 +216,13 @@ class DataDir:
 
     def remove_upload(self, job_id: str, request: dict[str, Any]) -> None:
         """Remove a job's uploaded video (once the job ended)."""
-        with _suppress_missing():
-            self.upload_of(job_id, request).unlink()
+        self.upload_of(job_id, request).unlink(missing_ok=True)
 
     def remove_results(self, job_id: str) -> None:
         """Remove a job's output directory and archive (only a directory this server's runs wrote)."""
         from ..outputs.meshseq import written_sequence
 
-        with _suppress_missing():
-            self.archive_of(job_id).unlink()
+        self.archive_of(job_id).unlink(missing_ok=True)
         target = self.result_of(job_id)
         if target.is_dir() and not target.is_symlink() and written_sequence(target) is None:
             shutil.rmtree(target, ignore_errors=True)
@@ -245,14 +243,6 @@ class DataDir:
                 if not path.exists():
                     removed.append(str(path))
         return removed
-
-
-class _suppress_missing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        return kind is not None and issubclass(kind, FileNotFoundError)
 
 
 _ARCHIVE_LOCK = threading.Lock()
@@ -391,17 +381,6 @@ def public_text(text: str, upload: Path, label: str, root: Path) -> str:
 # -------------------------------------------------------------------------------------------------
 
 
-def load_generator(model: str, backend: str = "auto", device: str | None = None, threads: int | None = None):
-    """One model instance, as ``s4d-convert --model`` loads it (``threads``: torch's CPU threads)."""
-    from ..generation.pipeline import Generator
-
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    return Generator.from_pretrained(model, backend=backend, device=device)
-
-
 STOP_GRACE = 10.0  # seconds a job stopped by a drain gets to reach its next progress step
 
 
@@ -443,10 +422,14 @@ class WorkerPool:
                     self._wake.wait(1.0)
         return job
 
-    def _drain(self, drain: float) -> None:
-        """Take no more jobs; wait up to ``drain`` seconds for the running ones to end."""
+    def stop_taking(self) -> None:
+        """Take no more jobs (a drain began); running ones go on."""
         self._accepting = False
         self.notify()
+
+    def _drain(self, drain: float) -> None:
+        """Take no more jobs; wait up to ``drain`` seconds for the running ones to end."""
+        self.stop_taking()
         deadline = time.monotonic() + drain
         while self._running and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -43,7 +43,7 @@ class GeneratorReplica:
     """One model instance of the ``s4d-generator`` deployment."""
 
     def __init__(self, model: str, backend: str, device: str | None, threads: int | None) -> None:
-        from .jobs import load_generator
+        from ..batch.clips import load_generator
 
         self.generator = load_generator(model, backend, device, threads)
 
