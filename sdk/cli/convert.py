@@ -38,7 +38,7 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None)
 MAX_TIMEOUT = 7 * 24 * 3600  # seconds; threading timers overflow on larger values
 OPTION_LABELS = {"num_frames": "--frames", "steps": "--steps", "guidance": "--guidance", "resolution": "--resolution",
                  "matting": "--matting", "start": "--start", "end": "--end", "seed": "--seed",
-                 "decode": "--decode", "noise": "--noise", "topology": "--topology"}
+                 "decode": "--decode", "noise": "--noise", "topology": "--topology", "exact": "--exact"}
 
 
 @app.command(help=__doc__)
@@ -74,6 +74,10 @@ def convert(
                                  "+ as-rigid-as-possible fit), so every frame has the same faces and sequence.glb "
                                  "is one mesh with a morph target per frame; frames the fit fails on are flagged "
                                  "in manifest.json. per-frame: independent marching-cubes meshes (a flip-book)."),
+    exact: bool = typer.Option(False, "--exact", help="Turn off every approximation of the fast path (sampler step "
+                               "caching, temporal narrow-band decoding, adaptive KV selection): results equal the "
+                               "reference computation up to floating-point noise, about twice as slow. The manifest's "
+                               "stats.acceleration says what ran either way."),
     start: Optional[float] = typer.Option(None, help="Start time in seconds (videos)."),
     end: Optional[float] = typer.Option(None, help="End time in seconds (videos)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output holds their "
@@ -140,7 +144,8 @@ def convert(
     for option, value, allowed in (("--matting", matting, MATTING_METHODS), ("--backend", backend, BACKENDS)):
         if value is not None and value not in allowed:
             usage_error(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
-    settings = RunSettings(frames, steps, guidance, resolution, matting, seed, decode, noise, start, end, topology)
+    settings = RunSettings(frames, steps, guidance, resolution, matting, seed, decode, noise, start, end, topology,
+                           exact)
     try:
         settings.check(OPTION_LABELS)
     except GeneratorError as exc:

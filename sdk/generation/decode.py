@@ -49,6 +49,8 @@ class DecodeStats:
     seconds: float
     # Hierarchical only: (level resolution, points queried at that level), coarse first.
     levels: tuple[tuple[int, int], ...] = dataclass_field(default_factory=tuple)
+    # Banded only: surface cells left with an interpolated corner (the follow rounds ran out).
+    unresolved_cells: int = 0
 
     @property
     def query_fraction(self) -> float:
@@ -186,13 +188,36 @@ def default_coarse_resolution(resolution: int) -> int:
     return resolution
 
 
-def _check_coarse(resolution: int, coarse: int) -> None:
+def _check_coarse(resolution: int, coarse: int, name: str = "coarse_resolution") -> None:
     if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 1:
-        raise ValueError(f"coarse_resolution must be a positive integer, got {coarse!r}")
+        raise ValueError(f"{name} must be a positive integer, got {coarse!r}")
     ratio = resolution // coarse
     if resolution % coarse or ratio & (ratio - 1):
-        raise ValueError(f"coarse_resolution ({coarse}) must divide resolution ({resolution}) by a "
+        raise ValueError(f"{name} ({coarse}) must divide resolution ({resolution}) by a "
                          f"power of two (e.g. {default_coarse_resolution(resolution)})")
+
+
+def _check_band(band) -> float:
+    band = float(band)
+    if not band >= 0 or not math.isfinite(band):
+        raise ValueError(f"band must be a finite number >= 0, got {band!r}")
+    return band
+
+
+def _check_counts(**counts) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _dense_level(query_fn: QueryFn, axis: Tensor, resolution: int, r: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """Every point of the level-``r`` grid queried (coordinates from the full-resolution axis, so
+    they are bitwise the dense decoder's): values ``[r+1]^3`` and the all-true "queried" mask."""
+    n = r + 1
+    values = torch.empty(n ** 3, device=axis.device, dtype=torch.float32)
+    _query_dense(query_fn, values, axis[::resolution // r].contiguous(), chunk)
+    values = values.view(n, n, n)
+    return values, torch.ones_like(values, dtype=torch.bool)
 
 
 def _upsample2(values: Tensor) -> Tensor:
@@ -286,11 +311,8 @@ def decode_field_hierarchical(query_fn: QueryFn, resolution: int, box: WorldBox 
     if coarse_resolution is None:
         coarse_resolution = default_coarse_resolution(resolution)
     _check_coarse(resolution, coarse_resolution)
-    band = float(band)
-    if not band >= 0 or not math.isfinite(band):
-        raise ValueError(f"band must be a finite number >= 0, got {band!r}")
-    if isinstance(dilate, bool) or not isinstance(dilate, int) or dilate < 0:
-        raise ValueError(f"dilate must be a non-negative integer, got {dilate!r}")
+    band = _check_band(band)
+    _check_counts(dilate=dilate)
     device = _resolve_device(query_fn, device)
     chunk = resolve_chunk_size(query_fn, chunk_size, max_chunk_bytes)
 
@@ -301,20 +323,15 @@ def decode_field_hierarchical(query_fn: QueryFn, resolution: int, box: WorldBox 
         # dense decoder's points.
         axis = _axis(resolution, box, device)
         r = coarse_resolution
-        n = r + 1
-        values = torch.empty(n ** 3, device=device, dtype=torch.float32)
-        _query_dense(query_fn, values, axis[::resolution // r].contiguous(), chunk)
-        values = values.view(n, n, n)
-        queried = torch.ones_like(values, dtype=torch.bool)  # points holding a real query
-        levels.append((r, n ** 3))
+        values, queried = _dense_level(query_fn, axis, resolution, r, chunk)
+        levels.append((r, values.numel()))
         while r < resolution:
             active = _active_cells(values, band, dilate)
             values = _upsample2(values)
             queried = _upsample2_mask(queried)
             r *= 2
-            n = r + 1
             todo = (_points_in_cells(active) & ~queried).view(-1).nonzero().squeeze(1)
-            _query_flat(query_fn, todo, values.view(-1), axis, resolution // r, n, chunk)
+            _query_flat(query_fn, todo, values.view(-1), axis, resolution // r, r + 1, chunk)
             queried.view(-1)[todo] = True
             levels.append((r, todo.numel()))
         _synchronize(device)
@@ -326,14 +343,139 @@ def decode_field_hierarchical(query_fn: QueryFn, resolution: int, box: WorldBox 
 
 
 # --------------------------------------------------------------------------------------------
+# Temporal narrow band
+# --------------------------------------------------------------------------------------------
+#
+# Frame t's surface lies close to frame t-1's, so instead of a coarse-to-fine search from
+# scratch, frame t queries the full-resolution points around frame t-1's surface and then
+# follows the surface wherever it left that band. A coarse safety pass (R/8) gives every other
+# point a value with the right sign and catches surface that appears far from the old one (a part
+# entering, a merge or split); its regions are refined like a fresh decode.
+
+
+def default_safety_resolution(resolution: int) -> int:
+    """R/8 when 8 divides R, else the hierarchical decoder's coarse resolution."""
+    return resolution // 8 if resolution % 8 == 0 else default_coarse_resolution(resolution)
+
+
+def _crossing_cells(values: Tensor) -> Tensor:
+    """Cells ``[r]^3`` whose 8 corners change sign (marching cubes' inside rule ``v > 0``) or
+    hold a non-finite value: the cells that produce triangles."""
+    return _active_cells(values, band=0.0, dilate=0)
+
+
+def _cells_to_fine(cells: Tensor, factor: int) -> Tensor:
+    """Coarse cells ``[r]^3`` -> the ``[r*factor]^3`` fine cells inside them."""
+    return cells.repeat_interleave(factor, 0).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+
+
+def _cell_points(cells: Tensor) -> Tensor:
+    """Grid points ``[r+1]^3`` that are a corner of at least one of ``cells [r]^3``."""
+    r = cells.shape[0]
+    points = torch.zeros((r + 1,) * 3, dtype=torch.bool, device=cells.device)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                points[dx:dx + r, dy:dy + r, dz:dz + r] |= cells
+    return points
+
+
+def decode_field_banded(query_fn: QueryFn, resolution: int, previous: Tensor, box: WorldBox = WorldBox(),
+                        safety_resolution: int | None = None, margin: int = 0, follow: int = 1,
+                        band: float = DEFAULT_BAND, max_rounds: int = 64, chunk_size: int | None = None,
+                        max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+                        device=None) -> tuple[Tensor, DecodeStats]:
+    """Decode a frame from the previous frame's field ``previous [R+1]^3`` (same resolution).
+
+    1. Safety pass: the grid at ``safety_resolution`` (default R/8) queried densely; upsampled
+       (trilinear) it is the value of every point not queried later.
+    2. New surface: safety cells active like a hierarchical level (crossing, or a corner within
+       ``band`` of the iso-level) that neither hold nor touch a cell where ``previous`` crosses:
+       refined coarse-to-fine like :func:`decode_field_hierarchical`, inside those cells only.
+    3. Band: the corners of the cells where ``previous`` crosses the iso-level, dilated by
+       ``margin``, queried at full resolution.
+    4. Follow: while a crossing cell has a corner that was not queried (the surface moved past the
+       band), query the corners of those cells dilated by ``follow``, up to ``max_rounds`` rounds.
+
+    When it ends within ``max_rounds``, every crossing cell has all 8 corners queried, so the mesh
+    equals the dense decode's wherever the surface was found; what can be missed is surface that
+    neither the previous frame nor the safety pass shows (a part smaller than a safety cell
+    appearing from nothing). ``stats.unresolved_cells`` counts crossing cells left with an
+    interpolated corner (0 unless the rounds ran out). Stats ``levels``: (R/8, queries), the new
+    surface's levels, then (R, queries) for the band and each follow round."""
+    check_resolution(resolution)
+    n = resolution + 1
+    if not isinstance(previous, Tensor) or tuple(previous.shape) != (n, n, n):
+        shape = tuple(previous.shape) if isinstance(previous, Tensor) else type(previous).__name__
+        raise ValueError(f"previous must be the previous frame's field [{n}, {n}, {n}], got {shape}")
+    if safety_resolution is None:
+        safety_resolution = default_safety_resolution(resolution)
+    _check_coarse(resolution, safety_resolution, "safety_resolution")
+    _check_counts(margin=margin, follow=follow, max_rounds=max_rounds)
+    band = _check_band(band)
+    device = _resolve_device(query_fn, device)
+    chunk = resolve_chunk_size(query_fn, chunk_size, max_chunk_bytes)
+
+    start_time = time.perf_counter()
+    levels: list[tuple[int, int]] = []
+    with torch.no_grad():
+        axis = _axis(resolution, box, device)
+        rs = safety_resolution
+        factor = resolution // rs
+        values, queried = _dense_level(query_fn, axis, resolution, rs, chunk)
+        levels.append((rs, values.numel()))
+
+        previous = previous.to(device=device, dtype=torch.float32)
+        cells = _crossing_cells(previous)
+        if margin:
+            cells = _dilate(cells, margin)
+        # safety cells next to the band: surface there is reached by following it (step 4)
+        held = _dilate(cells.reshape(rs, factor, rs, factor, rs, factor).any(5).any(3).any(1), 1)
+        region = _active_cells(values, band, 0) & ~held  # new surface, at the safety level
+        r = rs
+        while r < resolution:  # coarse-to-fine inside the new-surface region only
+            active = _active_cells(values, band, 1) & region
+            values, queried = _upsample2(values), _upsample2_mask(queried)
+            region = _cells_to_fine(region, 2)
+            r *= 2
+            todo = (_points_in_cells(active) & ~queried).view(-1).nonzero().squeeze(1)
+            _query_flat(query_fn, todo, values.view(-1), axis, resolution // r, r + 1, chunk)
+            queried.view(-1)[todo] = True
+            levels.append((r, todo.numel()))
+
+        unresolved = 0
+        for round_ in range(max_rounds + 1):
+            todo = (_cell_points(cells) & ~queried).view(-1).nonzero().squeeze(1)
+            _query_flat(query_fn, todo, values.view(-1), axis, 1, n, chunk)
+            queried.view(-1)[todo] = True
+            levels.append((resolution, todo.numel()))
+            # crossing cells with a corner still holding an upsampled (not queried) value
+            unsure = _crossing_cells(values) & ~_corner_reduce(queried, torch.logical_and)
+            unresolved = int(unsure.sum())
+            if not unresolved or round_ == max_rounds:
+                break
+            cells = _dilate(unsure, follow) if follow else unsure
+        _synchronize(device)
+    stats = DecodeStats(resolution=resolution, method="banded", num_queries=sum(c for _, c in levels),
+                        dense_queries=n ** 3, seconds=time.perf_counter() - start_time, levels=tuple(levels),
+                        unresolved_cells=unresolved)
+    return values, stats
+
+
+# --------------------------------------------------------------------------------------------
 # ShapeVAE glue
 # --------------------------------------------------------------------------------------------
 
 class VAEQueryFn:
     """``xyz [M, 3] -> field [M]`` for one frame of a ShapeVAE. The latents' cross-attention
-    keys/values are projected ONCE here and reused by every call."""
+    keys/values are projected ONCE here and reused by every call.
 
-    def __init__(self, vae, decoded: Tensor) -> None:
+    ``selection`` turns on adaptive KV selection (``KeySelection``): each call's points are
+    ordered into small spatial tiles first, so each group of consecutive queries is one region
+    of space, and every group attends to its ``selection.keys`` most relevant latent tokens.
+    ``queries`` and ``keys_attended`` count the work (per query and head)."""
+
+    def __init__(self, vae, decoded: Tensor, selection=None, tiles: int = 16) -> None:
         if decoded.dim() == 2:
             decoded = decoded.unsqueeze(0)
         if decoded.dim() != 3 or decoded.shape[0] != 1:
@@ -343,6 +485,11 @@ class VAEQueryFn:
         with torch.no_grad():
             self.kv = vae.geo_decoder.precompute_kv(decoded)
         self.bytes_per_point = self._estimate_bytes_per_point(decoded)
+        tokens = self.kv.key.shape[2]
+        self.selection = selection if selection is not None and selection.keys < tokens else None
+        self.keys_per_query = self.selection.keys if self.selection is not None else tokens
+        self.tiles = tiles
+        self.queries = 0
 
     def _estimate_bytes_per_point(self, decoded: Tensor) -> int:
         """Rough working set of one query point through the geometry decoder: a handful of
@@ -357,17 +504,30 @@ class VAEQueryFn:
             floats += 2 * heads * tokens
         return int(itemsize * floats)
 
+    @property
+    def keys_attended(self) -> int:
+        """Latent tokens attended so far, summed over queries (per head)."""
+        return self.queries * self.keys_per_query
+
     def __call__(self, xyz: Tensor) -> Tensor:
         """The field at points ``xyz [N, 3]`` (float32), against the cached K/V of the frame."""
         xyz = xyz.to(device=self.device, dtype=torch.float32)
+        self.queries += xyz.shape[0]
         with torch.no_grad():
-            return self.vae.geo_decoder.query_with_kv(self.kv, xyz.unsqueeze(0))[0].float()
+            if self.selection is None or xyz.shape[0] == 0:
+                return self.vae.geo_decoder.query_with_kv(self.kv, xyz.unsqueeze(0))[0].float()
+            # tile order (x-major over a tiles^3 lattice of the points' bounding box), then back
+            low, high = xyz.amin(0), xyz.amax(0)
+            cell = ((xyz - low) / (high - low).clamp_min(1e-6) * (self.tiles - 1e-3)).long()
+            order = torch.argsort((cell[:, 0] * self.tiles + cell[:, 1]) * self.tiles + cell[:, 2], stable=True)
+            field = self.vae.geo_decoder.query_with_kv(self.kv, xyz[order].unsqueeze(0), self.selection)[0].float()
+            return torch.empty_like(field).index_copy_(0, order, field)
 
 
-def vae_query_fn(vae, decoded_one_frame: Tensor) -> VAEQueryFn:
+def vae_query_fn(vae, decoded_one_frame: Tensor, selection=None) -> VAEQueryFn:
     """Query function of one frame's decoded latents ``[1, N, width]`` (``ShapeVAE.decode``
-    output), with the latents' K/V computed once."""
-    return VAEQueryFn(vae, decoded_one_frame)
+    output), with the latents' K/V computed once; ``selection``: adaptive KV selection."""
+    return VAEQueryFn(vae, decoded_one_frame, selection)
 
 
 DECODE_METHODS = ("dense", "hierarchical")

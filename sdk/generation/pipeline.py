@@ -12,6 +12,8 @@ fixed world box) and ``mesh`` (marching cubes).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -28,9 +30,12 @@ from .runtimes import (BackendError, OnnxRuntime, TensorRTRuntime, TorchRuntime,
                        is_export_directory)
 from .sampling import NOISE_MODES, SamplerSettings, sample_flow
 from .settings import (BACKENDS, DECODE_METHODS, MAX_RESOLUTION, SEED_RANGE,  # noqa: F401 (re-exported)
-                       GeneratorError, RunSettings, check_run_settings)
+                       Accelerations, GeneratorError, RunSettings, check_run_settings)
 from ..sparse.attention import backends_used
 
+# The temporal narrow band from this decode resolution up: its R/8 safety pass is too coarse below
+# (at R = 32 it is 5^3 points and misses surface the hierarchical decoder's R/4 pass finds).
+BAND_MIN_RESOLUTION = 64
 # Run settings when neither the caller nor the model's own "defaults" metadata give one.
 RUN_DEFAULTS = {"num_frames": 16, "steps": 50, "guidance": 5.0, "resolution": 256, "matting": "auto"}
 
@@ -42,6 +47,8 @@ class Generator:
         self.runtime = runtime
         self.backend = runtime.name
         self.model_info = dict(model_info or {})
+        #: The approximations a call runs unless ``exact=True`` (see ``Accelerations``).
+        self.accelerations = Accelerations()
         dit_cfg, vae_cfg, cond_cfg = runtime.dit_config, runtime.vae_config, runtime.conditioner_config
         if vae_cfg.embed_dim != dit_cfg.in_channels:
             raise GeneratorError(f"VAE latent width {vae_cfg.embed_dim} != DiT in_channels {dit_cfg.in_channels}")
@@ -162,17 +169,21 @@ class Generator:
                  guidance: float | None = None, seed: int = 0, resolution: int | None = None,
                  decode: str = "hierarchical", noise: str = "shared", matting: str | None = None,
                  start: float | None = None, end: float | None = None, topology: str = "consistent",
-                 progress: "bool | ProgressReporter | None" = False):
+                 exact: bool = False, progress: "bool | ProgressReporter | None" = False):
         """Video (file, frame directory, or list of frames) -> ``MeshSequence``. Settings left as
         ``None`` come from :attr:`defaults`. ``topology="consistent"`` (default) tracks frame 0's
         mesh through the sequence so every frame shares its faces (``MeshSequence.track``; flagged
-        frames in ``seq.tracking``); ``"per-frame"`` keeps the independent marching-cubes meshes."""
+        frames in ``seq.tracking``); ``"per-frame"`` keeps the independent marching-cubes meshes.
+        ``exact=True`` turns off every approximation of :attr:`accelerations` (step caching,
+        temporal narrow-band decoding, adaptive KV selection); ``seq.stats["acceleration"]`` says
+        what ran and what it skipped."""
         from ..outputs.meshseq import MeshSequence
         from ..inputs.conditioning import prepare_sequence
         from ..inputs.frames import load_frames
 
         run = RunSettings(num_frames, steps, guidance, resolution, matting, seed, decode, noise, start,
-                          end, topology).resolved(self.defaults)
+                          end, topology, exact).resolved(self.defaults)
+        accel = Accelerations.exact() if exact else self.accelerations
         num_frames, steps, guidance, resolution, matting = (run.num_frames, run.steps, run.guidance, run.resolution,
                                                             run.matting)
         sampler = SamplerSettings(steps=steps, guidance=guidance, noise=noise, seed=seed)
@@ -195,12 +206,13 @@ class Generator:
         backends_used(reset=True)  # from here on: which attention backend the sampler really ran
         with _stage(reporter, "sample", steps, timings):
             P, C = runtime.vae_config.num_latents, runtime.vae_config.embed_dim
-            latents = sample_flow(runtime.velocity, context[None], (P, C), sampler,
+            velocity, step_cache = self._velocity(accel)
+            latents = sample_flow(velocity, context[None], (P, C), sampler,
                                   step_callback=lambda done, total: reporter.advance("sample"))
 
         with _stage(reporter, "decode", num_frames, timings):
-            fields, decode_stats = self._decode_fields(latents[0], resolution, decode,
-                                                       lambda: reporter.advance("decode"))
+            fields, decode_stats, decode_accel = self._decode_fields(latents[0], resolution, decode,
+                                                                     lambda: reporter.advance("decode"), accel)
 
         with _stage(reporter, "mesh", num_frames, timings):
             from .mcubes import marching_cubes, resolve_backend_name
@@ -221,13 +233,16 @@ class Generator:
                     **self._what_ran(mcubes_used)}
         model = {**self.model_info, "backend": self.backend}
         stats = {"field_queries": [s.num_queries for s in decode_stats],
-                 "dense_queries_per_frame": decode_stats[0].dense_queries if decode_stats else 0}
+                 "dense_queries_per_frame": decode_stats[0].dense_queries if decode_stats else 0,
+                 "acceleration": {"exact": exact, "step_cache": _step_cache_record(accel, step_cache, runtime),
+                                  **decode_accel}}
         images = [((img.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
                   for img in prepared.images.float().cpu()]
         seq = MeshSequence(meshes=meshes, frame_indices=list(frames.indices), frame_times=list(frames.times),
                            conditioning_images=images, timings=timings, settings=settings, model=model,
                            source=frames.source, stats=stats)
         settings["topology"] = topology
+        settings["exact"] = exact
         if topology == "consistent":
             seq = self._track(seq, reporter, timings)
         return seq
@@ -284,18 +299,77 @@ class Generator:
             advance(min(chunk, images.shape[0] - i))
         return torch.cat(tokens)
 
-    def _decode_fields(self, latents: torch.Tensor, resolution: int, method: str, advance):
-        """Sampled latents ``[T, P, C]`` -> one field ``[R+1]^3`` per frame (float32 tensor)."""
-        from .decode import decode_field
+    def _velocity(self, accel: Accelerations):
+        """The sampler's model function and its step cache: the runtime's velocity through a fresh
+        ``FirstBlockCache`` when step caching is on and the runtime can cache, else as is."""
+        if accel.step_cache <= 0 or not getattr(self.runtime, "supports_step_cache", False):
+            return self.runtime.velocity, None
+        from ..models.dit import FirstBlockCache
 
-        fields, stats = [], []
-        scaled = latents / self.runtime.vae_config.scale_factor
-        for frame in scaled:
-            field, stat = decode_field(self.runtime.frame_query_fn(frame[None]), resolution, method)
+        cache = FirstBlockCache(accel.step_cache, accel.step_cache_max_skips)
+        return functools.partial(self.runtime.velocity, cache=cache), cache
+
+    def _decode_fields(self, latents: torch.Tensor, resolution: int, method: str, advance,
+                       accel: Accelerations = Accelerations.exact()):
+        """Sampled latents ``[T, P, C]`` -> one field ``[R+1]^3`` per frame (float32 tensor), the
+        per-frame stats and the record of the decode's accelerations. With ``accel.temporal_band``
+        (and the hierarchical method) frames after the first start from the previous frame's
+        surface; with ``accel.kv_keys`` the query points attend to a few latent tokens each."""
+        from ..models.vae import KeySelection
+        from .decode import decode_field, decode_field_banded
+
+        runtime = self.runtime
+        tokens = latents.shape[1]
+        kv_supported = getattr(runtime, "supports_kv_selection", False)
+        selection = None
+        if accel.kv_keys and kv_supported and accel.kv_min_tokens <= tokens:
+            selection = KeySelection(min(accel.kv_keys, tokens), accel.kv_group)
+        banded = accel.temporal_band and method == "hierarchical" and resolution >= BAND_MIN_RESOLUTION
+        fields, stats, keys_attended, keys_full, selection_ran = [], [], 0, 0, False
+        scaled = latents / runtime.vae_config.scale_factor
+        for i, frame in enumerate(scaled):
+            query_fn = runtime.frame_query_fn(frame[None], selection) if selection else runtime.frame_query_fn(frame[None])
+            if banded and i > 0:
+                field, stat = decode_field_banded(query_fn, resolution, fields[-1])
+            else:
+                field, stat = decode_field(query_fn, resolution, method)
             fields.append(field.float())  # stays on its device: GPU marching cubes when available
             stats.append(stat)
+            keys_attended += getattr(query_fn, "keys_attended", stat.num_queries * tokens)
+            selection_ran = selection is not None and getattr(query_fn, "selection", None) is not None
+            keys_full += stat.num_queries * tokens
             advance()
-        return fields, stats
+        if selection_ran:
+            kv_why = None
+        elif not accel.kv_keys:
+            kv_why = "off"
+        elif not kv_supported:
+            kv_why = f"not supported by {self.backend}"
+        elif tokens < accel.kv_min_tokens:
+            kv_why = f"{tokens} latent tokens per frame, fewer than kv_min_tokens ({accel.kv_min_tokens})"
+        else:
+            kv_why = f"kv_keys ({accel.kv_keys}) covers all {tokens} latent tokens"
+        band_why = None if banded else "off" if not accel.temporal_band else (
+            f"decode {method}" if method != "hierarchical" else f"resolution {resolution} < {BAND_MIN_RESOLUTION}")
+        record = {"settings": dataclasses.asdict(accel),
+                  "temporal_band": {"on": banded, "frames": sum(s.method == "banded" for s in stats),
+                                    "unresolved_cells": sum(s.unresolved_cells for s in stats), "why_not": band_why},
+                  "field_queries": sum(s.num_queries for s in stats),
+                  "dense_queries": sum(s.dense_queries for s in stats),
+                  "kv_selection": {"on": selection_ran, "keys_per_query": selection.keys if selection_ran else tokens,
+                                   "latent_tokens": tokens, "keys_attended": keys_attended,
+                                   "keys_full_attention": keys_full, "why_not": kv_why}}
+        return fields, stats, record
+
+
+def _step_cache_record(accel: Accelerations, cache, runtime) -> dict[str, Any]:
+    """What the sampler's step cache did (the manifest's ``stats.acceleration.step_cache``)."""
+    if cache is None:
+        why = "off" if accel.step_cache == 0 else f"not supported by {runtime.name} (one exported DiT graph)"
+        return {"on": False, "why_not": why}
+    return {"on": True, "threshold": accel.step_cache, "max_skips": accel.step_cache_max_skips,
+            "evaluations": cache.evaluated + cache.reused, "reused": cache.reused,
+            "changes": [round(c, 4) for c in cache.changes]}
 
 
 def _open_directory_runtime(runtime_cls, path, backend: str, what: str):

@@ -5,6 +5,12 @@
 * ``frame_query_fn(latents [1,P,C], already divided by scale_factor) -> query_fn(xyz [M,3]) -> [M]``
   with the latents' cross-attention K/V computed once per frame.
 
+Two flags say which accelerations of the fast path (``sdk.generation.settings.Accelerations``) a
+runtime can run; a runtime without them runs none: ``supports_step_cache`` (``velocity`` takes
+``cache=FirstBlockCache``) and ``supports_kv_selection`` (``frame_query_fn`` takes a
+``KeySelection``). Only ``TorchRuntime`` has both: the exported graphs are one DiT and a
+full-attention field query.
+
 ``TorchRuntime`` runs the PyTorch modules; ``OnnxRuntime`` runs an export directory written by
 ``s4d-export onnx`` (CPU provider always, CUDA provider when onnxruntime-gpu and a GPU exist).
 """
@@ -52,19 +58,26 @@ class TorchRuntime:
             batch = images.to(self.device, self.dtype)
             return self.conditioner(prepare_images(batch, self.conditioner_config.image_size))
 
-    def velocity(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """The DiT's velocity for latents ``[B, T, P, C]``, times ``[B]`` and context ``[B, T, tokens, width]``."""
-        with torch.no_grad():
-            return self.dit(latents.to(self.device, self.dtype), t.to(self.device, self.dtype),
-                            context.to(self.device, self.dtype))
+    # which accelerations (sdk.generation.settings.Accelerations) this runtime can run
+    supports_step_cache = True
+    supports_kv_selection = True
 
-    def frame_query_fn(self, latents: torch.Tensor):
-        """Decode one frame's latents once and return a function ``xyz [N, 3] -> field [N]``."""
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                 cache=None) -> torch.Tensor:
+        """The DiT's velocity for latents ``[B, T, P, C]``, times ``[B]`` and context ``[B, T, tokens, width]``;
+        with ``cache`` (a ``FirstBlockCache``), through first-block caching."""
+        args = (latents.to(self.device, self.dtype), t.to(self.device, self.dtype), context.to(self.device, self.dtype))
+        with torch.no_grad():
+            return self.dit(*args) if cache is None else self.dit.forward_cached(*args, cache)
+
+    def frame_query_fn(self, latents: torch.Tensor, selection=None):
+        """Decode one frame's latents once and return a function ``xyz [N, 3] -> field [N]``
+        (``selection``: adaptive KV selection, a ``KeySelection``)."""
         from .decode import vae_query_fn
 
         with torch.no_grad():
             decoded = self.vae.decode(latents.to(self.device, self.dtype))
-        return vae_query_fn(self.vae, decoded)
+        return vae_query_fn(self.vae, decoded, selection)
 
 
 class OnnxQueryFn:
@@ -86,6 +99,10 @@ class OnnxRuntime:
     """Runs ``dit.onnx``, ``vae_decoder.onnx``, ``vae_query.onnx``, ``conditioner.onnx``."""
 
     name = "onnxruntime"
+    # the exported DiT is one graph (no first-block output to cache on) and vae_query.onnx holds
+    # full attention: only the temporal narrow band (in the decode loop) applies
+    supports_step_cache = False
+    supports_kv_selection = False
 
     def __init__(self, directory: str | os.PathLike, providers: list[str] | None = None) -> None:
         try:
@@ -159,6 +176,8 @@ class TensorRTRuntime:
     """
 
     name = "tensorrt"
+    supports_step_cache = False  # same graphs as ONNX Runtime: see OnnxRuntime
+    supports_kv_selection = False
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)

@@ -62,6 +62,51 @@ def check_run_settings(num_frames: Any = None, steps: Any = None, guidance: Any 
         raise GeneratorError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class Accelerations:
+    """The approximations of the default fast path (docs/speed.md); ``Accelerations.exact()``
+    (``--exact``) turns every one off.
+
+    ``step_cache``: first-block caching in the sampler: threshold on the relative L1 change of
+    DiT block 0's residual below which a step reuses the other blocks' residual of the last full
+    step (0 = off), at most ``step_cache_max_skips`` steps in a row (PyTorch backend).
+    ``temporal_band``: frames after the first are decoded around the previous frame's surface
+    with an R/8 safety pass (every backend). ``kv_keys``: adaptive KV selection in the field
+    decoder's cross-attention: each group of ``kv_group`` nearby query points attends to its
+    ``kv_keys`` most relevant latent tokens (0 = all, the default; PyTorch backend), in models
+    with at least ``kv_min_tokens`` latent tokens per frame. Off by default: at full size
+    (4096 tokens, 256 keys) it cuts the decoder's FLOPs 1.6x but its CPU time only 3%
+    (benchmarks/fullsize_cost.py), and its accuracy there cannot be measured without trained
+    full-size weights; with the demo's 128 tokens it costs more than it saves."""
+
+    step_cache: float = 0.2
+    step_cache_max_skips: int = 2
+    temporal_band: bool = True
+    kv_keys: int = 0
+    kv_group: int = 128
+    kv_min_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step_cache, bool) or not isinstance(self.step_cache, (int, float)) \
+                or not math.isfinite(self.step_cache) or self.step_cache < 0:
+            raise GeneratorError(f"step_cache must be a finite number >= 0, got {self.step_cache!r}")
+        for name in ("step_cache_max_skips", "kv_keys", "kv_group", "kv_min_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "kv_group" else 0):
+                raise GeneratorError(f"{name} must be a {'positive' if name == 'kv_group' else 'non-negative'} "
+                                     f"integer, got {value!r}")
+
+    @classmethod
+    def exact(cls) -> "Accelerations":
+        """Every approximation off: results equal the reference path up to floating-point noise."""
+        return cls(step_cache=0.0, temporal_band=False, kv_keys=0)
+
+    @property
+    def any(self) -> bool:
+        """Whether any approximation is on."""
+        return self.step_cache > 0 or self.temporal_band or self.kv_keys > 0
+
+
 #: Settings a model may supply when a run leaves them out (``Generator.defaults``).
 MODEL_DEFAULTED = ("num_frames", "steps", "guidance", "resolution", "matting")
 
@@ -85,6 +130,7 @@ class RunSettings:
     start: float | None = None
     end: float | None = None
     topology: str = "consistent"
+    exact: bool = False
 
     def check(self, labels: dict[str, str] | None = None) -> "RunSettings":
         """Raise ``GeneratorError`` naming the first unusable setting (``labels`` renames them,
@@ -96,6 +142,8 @@ class RunSettings:
                 raise GeneratorError(f"{labels.get(name, name)} must be one of {', '.join(allowed)}, got {value!r}")
         check_run_settings(self.num_frames, self.steps, self.guidance, self.resolution, self.matting, self.start,
                            self.end, self.seed, labels=labels)
+        if not isinstance(self.exact, bool):
+            raise GeneratorError(f"{labels.get('exact', 'exact')} must be true or false, got {self.exact!r}")
         return self
 
     def resolved(self, defaults: dict[str, Any], labels: dict[str, str] | None = None) -> "RunSettings":

@@ -324,6 +324,48 @@ class FinalLayer(nn.Module):
         return self.linear(self.norm_final(x)[:, 1:])  # drop the timestep token
 
 
+class FirstBlockCache:
+    """Step cache of one sampling run (FBCache, as in ParaAttention / TeaCache): compares block
+    0's residual with the one of the last fully evaluated step, and lets ``forward_cached`` reuse
+    that step's residual of the remaining blocks when the relative L1 change is below
+    ``threshold``, at most ``max_skips`` steps in a row. ``threshold = 0`` never reuses (every
+    step bit-identical to ``forward``). Counts what it did in ``evaluated`` / ``reused``."""
+
+    def __init__(self, threshold: float, max_skips: int = 2) -> None:
+        if not threshold >= 0 or not math.isfinite(threshold):
+            raise ValueError(f"step-cache threshold must be a finite number >= 0, got {threshold!r}")
+        if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
+            raise ValueError(f"max_skips must be a non-negative integer, got {max_skips!r}")
+        self.threshold, self.max_skips = float(threshold), max_skips
+        self.first_residual: torch.Tensor | None = None
+        self.rest_residual: torch.Tensor | None = None
+        self.in_a_row = 0
+        self.evaluated = 0
+        self.reused = 0
+        self.changes: list[float] = []  # relative change seen at every step after the first
+
+    def reuse(self, first_residual: torch.Tensor) -> bool:
+        """Whether this step may reuse the cached residual (and count it when so)."""
+        if self.first_residual is None or self.first_residual.shape != first_residual.shape:
+            return False
+        now, before = first_residual.float(), self.first_residual.float()  # fp16 would round 1e-12 to 0
+        change = float((now - before).abs().mean() / before.abs().mean().clamp_min(1e-12))
+        if not math.isfinite(change):
+            return False
+        self.changes.append(change)
+        if self.threshold > 0 and change < self.threshold and self.in_a_row < self.max_skips:
+            self.in_a_row += 1
+            self.reused += 1
+            return True
+        return False
+
+    def store(self, first_residual: torch.Tensor, rest_residual: torch.Tensor) -> None:
+        """Remember a fully evaluated step (the reference of the next comparisons)."""
+        self.first_residual, self.rest_residual = first_residual, rest_residual
+        self.in_a_row = 0
+        self.evaluated += 1
+
+
 class Sculpt4DDiT(nn.Module):
     """``forward(latents [B,T,P,C], t [B], context [B,T,L,Cc]) -> velocity [B,T,P,C]``."""
 
@@ -375,21 +417,48 @@ class Sculpt4DDiT(nn.Module):
     def forward(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Velocity ``[B, T, P, C]`` of latents ``[B, T, P, C]`` at times ``t [B]`` in [0, 1], given
         image tokens ``context [B, T, tokens, width]`` (each frame attends its own frame's tokens)."""
+        x, context, T = self.embed(latents, t, context)
+        x, skips = self.run_blocks(x, context, T, 0, 1, [])
+        x, _ = self.run_blocks(x, context, T, 1, len(self.blocks), skips)
+        return self.final_layer(x).reshape(latents.shape)
+
+    def embed(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
+        """The blocks' input ``x [B*T, 1+P, hidden]`` (timestep token first), the context per
+        frame ``[B*T, L, Cc]`` and the frame count T."""
         self._check_shapes(latents, t, context)
         B, T, P, C = latents.shape
         x = self.x_embedder(latents.reshape(B * T, P, C))
         t_token = self.t_embedder(t).repeat_interleave(T, dim=0)[:, None]  # one per frame
         x = torch.cat([t_token.to(x.dtype), x], dim=1)
-        context = context.reshape(B * T, *context.shape[2:])
+        return x, context.reshape(B * T, *context.shape[2:]), T
 
+    def run_blocks(self, x: torch.Tensor, context: torch.Tensor, num_frames: int, start: int, stop: int,
+                   skips: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Blocks ``start .. stop-1`` on ``x``; ``skips`` holds the outputs of the first half's
+        blocks run so far (the U-skips: block ``depth - 1 - i`` merges block ``i``'s output)."""
         depth = len(self.blocks)
-        skips: list[torch.Tensor] = []
-        for i, block in enumerate(self.blocks):
+        for i in range(start, stop):
             skip = skips.pop() if i > depth // 2 else None
-            x = block(x, context, T, skip)
+            x = self.blocks[i](x, context, num_frames, skip)
             if i < depth // 2:
                 skips.append(x)
-        return self.final_layer(x).reshape(B, T, P, C)
+        return x, skips
+
+    def forward_cached(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                       cache: "FirstBlockCache") -> torch.Tensor:
+        """``forward`` with first-block caching (FBCache): block 0 always runs; when its residual
+        barely changed since the last full evaluation (``cache.reuse``), the other blocks' residual
+        from that evaluation is added instead of running them. The decision covers the whole
+        batch, so CFG's conditional and unconditional halves always skip together."""
+        x, context, T = self.embed(latents, t, context)
+        first, skips = self.run_blocks(x, context, T, 0, 1, [])
+        first_residual = first - x
+        if cache.reuse(first_residual):
+            out = first + cache.rest_residual
+        else:
+            out, _ = self.run_blocks(first, context, T, 1, len(self.blocks), skips)
+            cache.store(first_residual, out - first)
+        return self.final_layer(out).reshape(latents.shape)
 
     def _check_shapes(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> None:
         cfg = self.config
@@ -407,4 +476,4 @@ class Sculpt4DDiT(nn.Module):
 
 
 # the public API; the building blocks above are named for the checkpoint layout and stay internal
-__all__ = ["Sculpt4DDiT", "Sculpt4DBlock", "TemporalBlockSparseAttention", "sinusoidal_timestep_embedding", "split_heads_concatenated"]
+__all__ = ["FirstBlockCache", "Sculpt4DDiT", "Sculpt4DBlock", "TemporalBlockSparseAttention", "sinusoidal_timestep_embedding", "split_heads_concatenated"]

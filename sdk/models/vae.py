@@ -35,6 +35,7 @@ point sampling with a Python loop and is meant for eager use only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -134,6 +135,23 @@ class LatentKV(NamedTuple):
     value: Tensor
 
 
+@dataclass(frozen=True)
+class KeySelection:
+    """Adaptive KV selection of the field decoder's cross-attention: each group of ``group``
+    consecutive queries attends to its ``keys`` most relevant data tokens, chosen by every
+    ``stride``-th query of the group (see ``CrossAttention.attend_selected``)."""
+
+    keys: int
+    group: int = 128
+    stride: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("keys", "group", "stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"KeySelection.{name} must be a positive integer, got {value!r}")
+
+
 class CrossAttention(nn.Module):
     """Multi-head cross-attention: ``c_q`` on the queries, fused per-head ``[k | v]`` ``c_kv``."""
 
@@ -155,12 +173,46 @@ class CrossAttention(nn.Module):
         k = self.attention.k_norm(k)
         return LatentKV(key=k.transpose(1, 2), value=v.transpose(1, 2))
 
-    def attend(self, x: Tensor, kv: LatentKV) -> Tensor:
+    def attend(self, x: Tensor, kv: LatentKV, selection: "KeySelection | None" = None) -> Tensor:
+        """Attention of queries ``x [B, M, width]`` to all data tokens, or with ``selection`` to
+        the few tokens that matter to each group of queries (:meth:`attend_selected`)."""
         batch, tokens, _ = x.shape
         q = self.c_q(x).view(batch, tokens, self.heads, self.head_dim)
-        q = self.attention.q_norm(q)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), kv.key, kv.value)
+        q = self.attention.q_norm(q).transpose(1, 2)
+        if selection is not None and selection.keys < kv.key.shape[2]:
+            out = self.attend_selected(q, kv, selection)
+        else:
+            out = F.scaled_dot_product_attention(q, kv.key, kv.value)
         return self.c_proj(_merge_heads(out))
+
+    @staticmethod
+    def attend_selected(q: Tensor, kv: LatentKV, selection: "KeySelection") -> Tensor:
+        """Adaptive KV selection (FlashVDM): queries ``q [B, H, M, D]`` in consecutive groups of
+        ``selection.group`` (spatially close when the caller sorted them so); every
+        ``selection.stride``-th query of a group scores all keys, and the whole group attends only
+        to the ``selection.keys`` keys with the highest attention probability among them, per
+        head. Equals full attention when ``keys`` covers every token; otherwise it drops the keys
+        that carry little weight for that region of space."""
+        B, H, M, D = q.shape
+        P, k, size = kv.key.shape[2], selection.keys, selection.group
+        if k > P:
+            raise ValueError(f"KeySelection.keys ({k}) exceeds the {P} data tokens")
+        groups = -(-M // size)
+        padded = F.pad(q, (0, 0, 0, groups * size - M)).view(B, H, groups, size, D)
+        probe = padded[:, :, :, ::selection.stride]  # [B, H, G, r, D]
+        # ranked in fp32 (fp16 probabilities underflow); the zero rows padding the last group are
+        # not probes (a zero query scores every key 1/P)
+        weight = torch.einsum("bhgrd,bhpd->bhgrp", probe.float(), kv.key.float()).mul_(D ** -0.5).softmax(-1)
+        real = (torch.arange(groups, device=q.device)[:, None] * size
+                + torch.arange(0, size, selection.stride, device=q.device)[None]) < M  # [G, r]
+        weight = weight.masked_fill(~real[None, None, :, :, None], 0).amax(3)
+        index = weight.topk(k, dim=-1).indices[..., None].expand(B, H, groups, k, D)  # [B, H, G, k, D]
+        key = kv.key[:, :, None].expand(B, H, groups, P, D).gather(3, index)
+        value = kv.value[:, :, None].expand(B, H, groups, P, D).gather(3, index)
+        # 4-D, so fused SDPA kernels apply (they take [batch, heads, tokens, dim] only)
+        out = F.scaled_dot_product_attention(padded.reshape(B, H * groups, size, D),
+                                             key.reshape(B, H * groups, k, D), value.reshape(B, H * groups, k, D))
+        return out.view(B, H, groups * size, D)[:, :, :M]
 
     def forward(self, x: Tensor, data: Tensor) -> Tensor:
         return self.attend(x, self.project_kv(data))
@@ -208,8 +260,8 @@ class ResidualCrossAttentionBlock(nn.Module):
     def precompute_kv(self, data: Tensor) -> LatentKV:
         return self.attn.project_kv(self.ln_2(data))
 
-    def forward_with_kv(self, x: Tensor, kv: LatentKV) -> Tensor:
-        x = x + self.attn.attend(self.ln_1(x), kv)
+    def forward_with_kv(self, x: Tensor, kv: LatentKV, selection: "KeySelection | None" = None) -> Tensor:
+        x = x + self.attn.attend(self.ln_1(x), kv, selection)
         return x + self.mlp(self.ln_3(x))
 
     def forward(self, x: Tensor, data: Tensor) -> Tensor:
@@ -270,14 +322,15 @@ class GeometryDecoder(nn.Module):
             decoded = self.latents_proj(decoded)
         return self.cross_attn_decoder.precompute_kv(decoded)
 
-    def query_with_kv(self, kv: LatentKV, xyz: Tensor) -> Tensor:
-        """Field at ``xyz [B, M, 3]`` (or ``[M, 3]`` / ``[1, M, 3]``, shared by the batch) -> ``[B, M]``."""
+    def query_with_kv(self, kv: LatentKV, xyz: Tensor, selection: "KeySelection | None" = None) -> Tensor:
+        """Field at ``xyz [B, M, 3]`` (or ``[M, 3]`` / ``[1, M, 3]``, shared by the batch) -> ``[B, M]``;
+        ``selection``: adaptive KV selection in the cross-attention (``None``: every token)."""
         if xyz.dim() == 2:
             xyz = xyz.unsqueeze(0)
         xyz = xyz.expand(kv.key.shape[0], -1, -1)
         features = self.fourier_embedder(xyz).to(self.query_proj.weight.dtype)
         x = self.query_proj(features)
-        x = self.cross_attn_decoder.forward_with_kv(x, kv)
+        x = self.cross_attn_decoder.forward_with_kv(x, kv, selection)
         if self.ln_post is not None:
             x = self.ln_post(x)
         return self.output_proj(x).squeeze(-1)
@@ -497,4 +550,4 @@ class ShapeVAE(nn.Module):
 
 
 # the public API; the building blocks above are named for the checkpoint layout and stay internal
-__all__ = ["ShapeVAE", "GeometryDecoder", "LatentKV", "PointSelection", "farthest_point_sampling"]
+__all__ = ["ShapeVAE", "GeometryDecoder", "KeySelection", "LatentKV", "PointSelection", "farthest_point_sampling"]

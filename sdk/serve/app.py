@@ -356,7 +356,7 @@ def create_app(server: Server):
 
     form_schema = {"type": "object", "required": [UPLOAD_FIELD], "properties": {
         UPLOAD_FIELD: {"type": "string", "format": "binary", "description": "The video (as s4d-convert reads)."},
-        **{name: {"type": "integer" if kind == "integer" else "number" if kind == "number" else "string",
+        **{name: {"type": kind if kind in ("integer", "number", "boolean") else "string",
                   "description": f"s4d-convert --{name}"} for name, (_attr, kind) in FIELDS.items()},
         FORMAT_FIELD: {"type": "array", "items": {"type": "string"}, "description": "glb, obj, ply, usd/usda, usdc "
                        "(repeatable, or comma-separated) [default: glb]"},

@@ -31,11 +31,11 @@ from .store import FINISHED, JOB_ID, JobStore
 # -------------------------------------------------------------------------------------------------
 
 #: form field -> (RunSettings attribute, parser); ``format`` may repeat, ``video`` is the upload
-INT, FLOAT, TEXT = "integer", "number", "text"
+INT, FLOAT, TEXT, BOOL = "integer", "number", "text", "boolean"
 FIELDS = {"frames": ("num_frames", INT), "steps": ("steps", INT), "guidance": ("guidance", FLOAT),
           "resolution": ("resolution", INT), "seed": ("seed", INT), "decode": ("decode", TEXT),
           "noise": ("noise", TEXT), "matting": ("matting", TEXT), "start": ("start", FLOAT), "end": ("end", FLOAT),
-          "topology": ("topology", TEXT)}
+          "topology": ("topology", TEXT), "exact": ("exact", BOOL)}
 LABELS = {attr: name for name, (attr, _kind) in FIELDS.items()}  # RunSettings names -> field names in errors
 #: what to write besides the meshes, as s4d-convert's --preview/--no-preview etc. (true/false)
 OUTPUT_FIELDS = {"sequence_glb": "sequence.glb", "preview": "preview.mp4", "viewer": "viewer.html"}
@@ -55,6 +55,10 @@ class FieldError(ValueError):
 
 def _parse(name: str, kind: str, raw: str) -> Any:
     text = raw.strip()
+    if kind == BOOL:
+        if text.lower() not in _TRUE + _FALSE:
+            raise FieldError(name, f"{name} must be true or false, got {raw!r}")
+        return text.lower() in _TRUE
     try:
         if kind == INT:
             if not re.fullmatch(r"[+-]?\d+", text):
