@@ -94,6 +94,7 @@ class Recipe:
     encoder_batch: int = 32  # frames per step
     encoder_queries: int = 1024  # labelled points per frame and step
     encoder_lr: float = 1e-3
+    encoder_head: str = "points"  # OccupancyProbe ("latents": ShapeProbe through the frozen VAE decoder)
     frozen_steps: int = 6000
     frozen_clips: int = 4  # 16-frame clips per step (then 8 half, 16 quarter clips in turn)
     frozen_lr: float = 5e-4
@@ -612,6 +613,23 @@ def more(work: Path = Path(__file__).parent / "work") -> None:
 # every frame, and the DiT trains on them with several clips per step.
 
 
+def _cross_blocks(width: int, heads: int, blocks: int, hidden: int) -> torch.nn.ModuleList:
+    """Pre-norm blocks of cross-attention to image tokens + MLP (the training-only probes' body)."""
+    return torch.nn.ModuleList(torch.nn.ModuleDict({
+        "norm_q": torch.nn.LayerNorm(width), "norm_kv": torch.nn.LayerNorm(width),
+        "attn": torch.nn.MultiheadAttention(width, heads, batch_first=True),
+        "mlp": torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, hidden), torch.nn.GELU(),
+                                   torch.nn.Linear(hidden, width))}) for _ in range(blocks))
+
+
+def _attend_blocks(blocks: torch.nn.ModuleList, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    for b in blocks:
+        kv = b["norm_kv"](tokens)
+        h = h + b["attn"](b["norm_q"](h), kv, kv, need_weights=False)[0]
+        h = h + b["mlp"](h)
+    return h
+
+
 class ShapeProbe(torch.nn.Module):
     """Training-only head (never shipped): image tokens ``[B, N, W]`` -> unscaled VAE latents
     ``[B, P, C]``: learned queries, two blocks of cross-attention to the tokens + MLP."""
@@ -623,22 +641,31 @@ class ShapeProbe(torch.nn.Module):
         # freshly initialised head gives ~0.5: the decoder would see one average shape for long)
         self.latent_std = latent_std
         self.queries = torch.nn.Parameter(torch.randn(latents, width) * 0.02)
-        self.blocks = torch.nn.ModuleList()
-        for _ in range(blocks):
-            self.blocks.append(torch.nn.ModuleDict({
-                "norm_q": torch.nn.LayerNorm(width), "norm_kv": torch.nn.LayerNorm(width),
-                "attn": torch.nn.MultiheadAttention(width, heads, batch_first=True),
-                "mlp": torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 4 * width),
-                                           torch.nn.GELU(), torch.nn.Linear(4 * width, width))}))
+        self.blocks = _cross_blocks(width, heads, blocks, 4 * width)
         self.out = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, embed_dim))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.queries.expand(tokens.shape[0], -1, -1)
-        for b in self.blocks:
-            kv = b["norm_kv"](tokens)
-            h = h + b["attn"](b["norm_q"](h), kv, kv, need_weights=False)[0]
-            h = h + b["mlp"](h)
+        h = _attend_blocks(self.blocks, self.queries.expand(tokens.shape[0], -1, -1), tokens)
         return self.out(h) * self.latent_std
+
+
+class OccupancyProbe(torch.nn.Module):
+    """Training-only head (never shipped): occupancy logits of points ``[B, M, 3]`` read straight
+    from the image tokens ``[B, N, W]`` (Fourier-embedded points cross-attend to the tokens, as
+    the DiT's cross-attention will). A per-point target, so every token gets a direct gradient
+    instead of one through a latent set and the frozen VAE decoder."""
+
+    def __init__(self, width: int, heads: int, frequencies: int = 6, blocks: int = 2) -> None:
+        super().__init__()
+        self.register_buffer("freqs", (2.0 ** torch.arange(frequencies)) * math.pi, persistent=False)
+        self.embed = torch.nn.Linear(3 + 6 * frequencies, width)
+        self.blocks = _cross_blocks(width, heads, blocks, 2 * width)
+        self.out = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 1))
+
+    def forward(self, tokens: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        angles = points[..., None] * self.freqs  # [B, M, 3, F]
+        h = self.embed(torch.cat([points, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1))
+        return self.out(_attend_blocks(self.blocks, h, tokens))[..., 0]
 
 
 def _occupancy_iou(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -646,16 +673,22 @@ def _occupancy_iou(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((pred & gt).sum() / (pred | gt).sum().clamp(min=1))
 
 
+def _probe_logits(probe, vae_model, tokens: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Occupancy logits at ``points`` from image tokens, through either head."""
+    if isinstance(probe, OccupancyProbe):
+        return probe(tokens, points)
+    return vae_model.query(vae_model.decode(probe(tokens)), points)
+
+
 @torch.no_grad()
 def _encoder_validation(cond, probe, vae_model, val: dict[str, torch.Tensor]) -> tuple[float, float]:
     """Occupancy BCE and IoU at every labelled point of every validation frame, through the probe
-    and the frozen VAE decoder."""
+    (and, for the latent-set probe, the frozen VAE decoder)."""
     cond.eval()
     probe.eval()
     bces, ious = [], []
     for i in range(0, len(val["images"]), 64):
-        z = probe(cond(val["images"][i:i + 64].float()))
-        logits = vae_model.query(vae_model.decode(z), val["queries"][i:i + 64])
+        logits = _probe_logits(probe, vae_model, cond(val["images"][i:i + 64].float()), val["queries"][i:i + 64])
         target = val["occupancy"][i:i + 64]
         bces.append(F.binary_cross_entropy_with_logits(logits, target).item())
         ious.append(_occupancy_iou(logits, target))
@@ -674,34 +707,43 @@ def _frames_of(work: Path, split: str, keys: tuple[str, ...]) -> dict[str, torch
 
 @app.command()
 def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = typer.Option(
-        None, help="Stop after this much process CPU time (a side-by-side design run)")) -> None:
-    """Pre-train the image encoder on a direct shape signal (occupancy through a probe and the
-    frozen VAE decoder), validated on the validation split; the best snapshot is ``encoder.pt``."""
+        None, help="Stop after this much process CPU time (a side-by-side design run)"),
+        head: str = typer.Option(RECIPE.encoder_head, help="'points': occupancy read from the tokens by "
+                                 "OccupancyProbe; 'latents': ShapeProbe -> frozen VAE decoder"),
+        name: str = "encoder") -> None:
+    """Pre-train the image encoder on a direct shape signal (occupancy at each frame's labelled
+    points through a training-only head), validated on the validation split; the best snapshot
+    is ``<name>.pt``."""
     from sdk.models import ImageConditioner
 
     r = RECIPE
-    final = work / "encoder.pt"
+    final = work / f"{name}.pt"
     if final.exists():
-        log("encoder: done already")
+        log(f"{name}: done already")
         return
+    if head not in ("points", "latents"):
+        raise typer.BadParameter(f"--head must be 'points' or 'latents', not {head!r}")
     torch.manual_seed(r.train_seed + 7)
     dit_cfg, vae_cfg, cond_cfg = configs()
     vae_model = load_vae(work).requires_grad_(False)
     cond = ImageConditioner(cond_cfg)
     cond.main_image_encoder.model.requires_grad_(True)
     latent_std = 1.0 / float(torch.load(work / "latents.pt", weights_only=True, mmap=True)["scale_factor"])
-    probe = ShapeProbe(cond_cfg.hidden_size, vae_cfg.num_latents, vae_cfg.embed_dim, cond_cfg.num_attention_heads,
-                       latent_std)
+    if head == "latents":
+        probe = ShapeProbe(cond_cfg.hidden_size, vae_cfg.num_latents, vae_cfg.embed_dim,
+                           cond_cfg.num_attention_heads, latent_std)
+    else:
+        probe = OccupancyProbe(cond_cfg.hidden_size, cond_cfg.num_attention_heads)
     params = list(cond.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=r.encoder_lr, weight_decay=0.01)
-    ckpt_path, step, history, best = work / "encoder_train.pt", 0, [], None
+    ckpt_path, best_path, step, history, best = work / f"{name}_train.pt", work / f"{name}_best.pt", 0, [], None
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         cond.load_state_dict(state["cond"])
         probe.load_state_dict(state["probe"])
         opt.load_state_dict(state["opt"])
         step, history, best = state["step"], state["history"], state["best"]
-        log(f"encoder: resuming at step {step}")
+        log(f"{name}: resuming at step {step}")
     train = _frames_of(work, "train", ("images", "queries", "occupancy"))
     val = _frames_of(work, "validation", ("images", "queries", "occupancy"))
     n, t0, cpu0, running = len(train["images"]), time.time(), time.process_time(), []
@@ -716,8 +758,7 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
         pick = torch.randint(train["queries"].shape[1], (r.encoder_batch, r.encoder_queries), generator=gen)
         q = torch.gather(train["queries"][idx], 1, pick[..., None].expand(-1, -1, 3))
         target = torch.gather(train["occupancy"][idx], 1, pick)
-        z = probe(cond(train["images"][idx].float()))
-        logits = vae_model.query(vae_model.decode(z), q)
+        logits = _probe_logits(probe, vae_model, cond(train["images"][idx].float()), q)
         loss = F.binary_cross_entropy_with_logits(logits, target)
         for g in opt.param_groups:
             g["lr"] = _lr(step, r.encoder_steps, r.encoder_lr, 100)
@@ -730,39 +771,41 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
         if step % 50 == 0:
             b, iou = np.mean(running, axis=0)
             running.clear()
-            log(f"encoder step {step}/{r.encoder_steps} bce {b:.4f} iou {iou:.3f} ({time.time() - t0:.0f}s)")
+            log(f"{name} step {step}/{r.encoder_steps} bce {b:.4f} iou {iou:.3f} ({time.time() - t0:.0f}s)")
         if step % r.validate_every == 0 or step == r.encoder_steps:
             bce, iou = _encoder_validation(cond, probe, vae_model, val)
             history.append([step, round(time.process_time() - cpu0, 1), bce, iou])
             if best is None or iou > best[1]:
                 best = [step, iou]
                 _save({"cond": cond.state_dict(), "probe": probe.state_dict(), "step": step, "iou": iou},
-                      work / "encoder_best.pt")
-            log(f"encoder: step {step} validation bce {bce:.4f} iou {iou:.3f} (best {best[1]:.3f} at {best[0]})")
+                      best_path)
+            log(f"{name}: step {step} validation bce {bce:.4f} iou {iou:.3f} (best {best[1]:.3f} at {best[0]})")
             checkpoint()
     checkpoint()
     if step >= r.encoder_steps or cpu_minutes is not None:
-        chosen = torch.load(work / "encoder_best.pt", weights_only=True)
-        _save({**chosen, "history": history}, final)
-        log(f"encoder: done; best validation IoU {chosen['iou']:.3f} at step {chosen['step']}")
+        chosen = torch.load(best_path, weights_only=True)
+        _save({**chosen, "head": head, "history": history}, final)
+        log(f"{name}: done; best validation IoU {chosen['iou']:.3f} at step {chosen['step']}")
 
 
-def load_encoder(work: Path):
+def load_encoder(work: Path, name: str = "encoder"):
     from sdk.models import ImageConditioner
 
     cond = ImageConditioner(configs()[2])
-    cond.load_state_dict(torch.load(work / "encoder.pt", weights_only=True)["cond"])
+    cond.load_state_dict(torch.load(work / f"{name}.pt", weights_only=True)["cond"])
     return cond.eval().requires_grad_(False)
 
 
 @app.command()
-def features(work: Path = Path(__file__).parent / "work") -> None:
-    """Run the frozen pre-trained encoder once over every train and validation frame (fp16 cache)."""
-    out = work / "features.pt"
+def features(work: Path = Path(__file__).parent / "work", encoder_name: str = typer.Option(
+        "encoder", "--encoder", help="The encoder stage's result (work/<name>.pt)"), name: str = "features") -> None:
+    """Run the frozen pre-trained encoder once over every train and validation frame (fp16 cache
+    ``<name>.pt``)."""
+    out = work / f"{name}.pt"
     if out.exists():
-        log("features: done already")
+        log(f"{name}: done already")
         return
-    cond = load_encoder(work)
+    cond = load_encoder(work, encoder_name)
     cache = {}
     with torch.no_grad():
         for split in ("train", "validation"):
@@ -774,6 +817,7 @@ def features(work: Path = Path(__file__).parent / "work") -> None:
             cache[split] = feats.view(S, T, *feats.shape[1:])
             cache[f"{split}_seeds"] = torch.from_numpy(d["seeds"])
             log(f"features: {split} {tuple(cache[split].shape)}")
+    cache["encoder"] = encoder_name
     _save(cache, out)
 
 
@@ -787,7 +831,9 @@ def _frozen_clip_shape(step: int, T: int) -> tuple[int, int]:
 @app.command("dit-frozen")
 def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float = typer.Option(
         None, help="Stop after this much process CPU time (a side-by-side design run)"),
-        name: str = "dit_frozen", validate_every: int = RECIPE.validate_every) -> None:
+        name: str = "dit_frozen", validate_every: int = RECIPE.validate_every,
+        features_name: str = typer.Option("features", "--features", help="The features stage's cache "
+                                          "(work/<name>.pt)")) -> None:
     """Train the DiT from scratch on the frozen encoder's cached features (every training
     sequence, several clips per step), validated every ``validate_every`` steps; the best EMA
     snapshot is ``<name>.pt``."""
@@ -813,9 +859,9 @@ def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float =
         log(f"{name}: resuming at step {step}")
     data_ = _training_latents(work)
     scale = float(data_["scale_factor"])
-    cache = torch.load(work / "features.pt", weights_only=True)
+    cache = torch.load(work / f"{features_name}.pt", weights_only=True)
     if cache["train_seeds"].tolist() != data_["seeds"].tolist():
-        raise SystemExit(f"{work / 'features.pt'} was made for other sequences; delete it and rerun 'features'")
+        raise SystemExit(f"{work / f'{features_name}.pt'} was made for other sequences; delete it and rerun 'features'")
     lat = data_["latents"] * scale
     val = validation_set(work, scale)
     cpu0 = time.process_time()
@@ -844,7 +890,7 @@ def dit_frozen(work: Path = Path(__file__).parent / "work", cpu_minutes: float =
     if step < r.frozen_steps and cpu_minutes is None:
         return
     best = torch.load(best_path, weights_only=True)
-    encoder_state = torch.load(work / "encoder.pt", weights_only=True)
+    encoder_state = torch.load(work / f"{cache.get('encoder', 'encoder')}.pt", weights_only=True)
     _save({"dit": best["dit"], "cond": encoder_state["cond"], "scale_factor": scale, "history": history,
            "step": best["step"], "validation_loss": best["validation_loss"]}, final)
     log(f"{name}: done; best validation loss {best['validation_loss']:.4f} at step {best['step']}")
