@@ -380,3 +380,9 @@ def test_serve_exact_field():
     with pytest.raises(FieldError, match="exact must be true or false") as info:
         parse_request([("exact", "maybe")])
     assert info.value.field == "exact"
+    # the output switches parse the same way, once each
+    assert parse_request([("preview", "off")])["outputs"] == {"preview": False}
+    with pytest.raises(FieldError, match="preview given more than once"):
+        parse_request([("preview", "true"), ("preview", "false")])
+    with pytest.raises(FieldError, match="viewer must be true or false"):
+        parse_request([("viewer", "maybe")])

@@ -321,11 +321,11 @@ class Generator:
         runtime = self.runtime
         tokens = latents.shape[1]
         kv_supported = getattr(runtime, "supports_kv_selection", False)
-        selection = None
-        if accel.kv_keys and kv_supported and accel.kv_min_tokens <= tokens:
-            selection = KeySelection(min(accel.kv_keys, tokens), accel.kv_group)
+        selection = None  # only where it drops keys: kv_keys >= tokens would attend to all of them
+        if accel.kv_keys and kv_supported and accel.kv_min_tokens <= tokens and accel.kv_keys < tokens:
+            selection = KeySelection(accel.kv_keys, accel.kv_group)
         banded = accel.temporal_band and method == "hierarchical" and resolution >= BAND_MIN_RESOLUTION
-        fields, stats, keys_attended, keys_full, selection_ran = [], [], 0, 0, False
+        fields, stats, keys_attended, keys_full = [], [], 0, 0
         scaled = latents / runtime.vae_config.scale_factor
         for i, frame in enumerate(scaled):
             query_fn = runtime.frame_query_fn(frame[None], selection) if selection else runtime.frame_query_fn(frame[None])
@@ -336,10 +336,9 @@ class Generator:
             fields.append(field.float())  # stays on its device: GPU marching cubes when available
             stats.append(stat)
             keys_attended += getattr(query_fn, "keys_attended", stat.num_queries * tokens)
-            selection_ran = selection is not None and getattr(query_fn, "selection", None) is not None
             keys_full += stat.num_queries * tokens
             advance()
-        if selection_ran:
+        if selection is not None:
             kv_why = None
         elif not accel.kv_keys:
             kv_why = "off"
@@ -356,7 +355,8 @@ class Generator:
                                     "unresolved_cells": sum(s.unresolved_cells for s in stats), "why_not": band_why},
                   "field_queries": sum(s.num_queries for s in stats),
                   "dense_queries": sum(s.dense_queries for s in stats),
-                  "kv_selection": {"on": selection_ran, "keys_per_query": selection.keys if selection_ran else tokens,
+                  "kv_selection": {"on": selection is not None,
+                                   "keys_per_query": selection.keys if selection is not None else tokens,
                                    "latent_tokens": tokens, "keys_attended": keys_attended,
                                    "keys_full_attention": keys_full, "why_not": kv_why}}
         return fields, stats, record

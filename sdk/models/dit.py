@@ -418,8 +418,7 @@ class Sculpt4DDiT(nn.Module):
         """Velocity ``[B, T, P, C]`` of latents ``[B, T, P, C]`` at times ``t [B]`` in [0, 1], given
         image tokens ``context [B, T, tokens, width]`` (each frame attends its own frame's tokens)."""
         x, context, T = self.embed(latents, t, context)
-        x, skips = self.run_blocks(x, context, T, 0, 1, [])
-        x, _ = self.run_blocks(x, context, T, 1, len(self.blocks), skips)
+        x, _ = self.run_blocks(x, context, T, 0, len(self.blocks), [])
         return self.final_layer(x).reshape(latents.shape)
 
     def embed(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor):

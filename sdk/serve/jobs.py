@@ -90,10 +90,9 @@ def parse_request(fields: list[tuple[str, str]]) -> dict[str, Any]:
             formats += [part for part in raw.replace(",", " ").split() if part]
             continue
         if name in OUTPUT_FIELDS:
-            value = raw.strip().lower()
-            if value not in _TRUE + _FALSE or name in outputs:
-                raise FieldError(name, f"{name} must be true or false (once), got {raw!r}")
-            outputs[name] = value in _TRUE
+            if name in outputs:
+                raise FieldError(name, f"{name} given more than once")
+            outputs[name] = _parse(name, BOOL, raw)
             continue
         if name == UPLOAD_FIELD:
             raise FieldError(name, f"{UPLOAD_FIELD} must be a file upload (multipart/form-data), not a text field")
