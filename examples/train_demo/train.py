@@ -94,6 +94,7 @@ class Recipe:
     encoder_batch: int = 32  # frames per step
     encoder_queries: int = 1024  # labelled points per frame and step
     encoder_lr: float = 1e-3
+    encoder_augment: bool = False  # see augment_frames
     encoder_head: str = "points"  # OccupancyProbe ("latents": ShapeProbe through the frozen VAE decoder)
     frozen_steps: int = 6000
     frozen_clips: int = 4  # 16-frame clips per step (then 8 half, 16 quarter clips in turn)
@@ -697,6 +698,28 @@ def _encoder_validation(cond, probe, vae_model, val: dict[str, torch.Tensor]) ->
     return float(np.mean(bces)), float(np.mean(ious))
 
 
+def augment_frames(images: torch.Tensor, gen: torch.Generator, shift: float = 0.02) -> torch.Tensor:
+    """Training-only image augmentation for the encoder that keeps each frame's 3D labels true:
+    a random permutation of the colour channels (part colours are arbitrary; the grey backdrop is
+    unchanged) and a small random shift of the whole picture (up to ``shift`` of its width, about
+    two pixels: the pipeline's crop frames objects a little differently from clip to clip, while
+    larger shifts would blur where the object is in its box). ``images`` are
+    ImageNet-normalised ``[B, 3, S, S]``."""
+    from sdk.models.conditioner import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    rgb = images * std + mean
+    order = torch.stack([torch.randperm(3, generator=gen) for _ in range(len(images))])
+    rgb = torch.gather(rgb, 1, order[:, :, None, None].expand_as(rgb))
+    theta = torch.zeros(len(images), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = (torch.rand(len(images), 2, generator=gen) * 2 - 1) * 2 * shift  # grid units: width 2
+    grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
+    rgb = F.grid_sample(rgb, grid, padding_mode="border", align_corners=False)  # the border is backdrop
+    return (rgb - mean) / std
+
+
 def _frames_of(work: Path, split: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
     d = load_split(work, split, keys)
     out = {k: torch.from_numpy(d[k]).flatten(0, 1) for k in keys}
@@ -710,7 +733,10 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
         None, help="Stop after this much process CPU time (a side-by-side design run)"),
         head: str = typer.Option(RECIPE.encoder_head, help="'points': occupancy read from the tokens by "
                                  "OccupancyProbe; 'latents': ShapeProbe -> frozen VAE decoder"),
-        name: str = "encoder") -> None:
+        name: str = "encoder", lr: float = typer.Option(RECIPE.encoder_lr, help="Peak learning rate "
+                                                        "(warm-up, then cosine)"),
+        augment: bool = typer.Option(RECIPE.encoder_augment, help="Colour-channel permutation and "
+                                     "small shifts of the training frames (augment_frames)")) -> None:
     """Pre-train the image encoder on a direct shape signal (occupancy at each frame's labelled
     points through a training-only head), validated on the validation split; the best snapshot
     is ``<name>.pt``."""
@@ -735,7 +761,7 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
     else:
         probe = OccupancyProbe(cond_cfg.hidden_size, cond_cfg.num_attention_heads)
     params = list(cond.parameters()) + list(probe.parameters())
-    opt = torch.optim.AdamW(params, lr=r.encoder_lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ckpt_path, best_path, step, history, best = work / f"{name}_train.pt", work / f"{name}_best.pt", 0, [], None
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
@@ -758,10 +784,13 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
         pick = torch.randint(train["queries"].shape[1], (r.encoder_batch, r.encoder_queries), generator=gen)
         q = torch.gather(train["queries"][idx], 1, pick[..., None].expand(-1, -1, 3))
         target = torch.gather(train["occupancy"][idx], 1, pick)
-        logits = _probe_logits(probe, vae_model, cond(train["images"][idx].float()), q)
+        images = train["images"][idx].float()
+        if augment:
+            images = augment_frames(images, gen)
+        logits = _probe_logits(probe, vae_model, cond(images), q)
         loss = F.binary_cross_entropy_with_logits(logits, target)
         for g in opt.param_groups:
-            g["lr"] = _lr(step, r.encoder_steps, r.encoder_lr, 100)
+            g["lr"] = _lr(step, r.encoder_steps, lr, 100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
