@@ -769,6 +769,11 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
         probe.load_state_dict(state["probe"])
         opt.load_state_dict(state["opt"])
         step, history, best = state["step"], state["history"], state["best"]
+        # checkpoints from before these options were recorded ran at the recipe's values
+        saved = {"lr": state.get("lr", r.encoder_lr), "augment": state.get("augment", False), "head": state.get("head", head)}
+        if saved != {"lr": lr, "augment": augment, "head": head}:
+            raise typer.BadParameter(f"{ckpt_path} was trained with {saved}; resume it with the same options or "
+                                     f"choose another --name")
         log(f"{name}: resuming at step {step}")
     train = _frames_of(work, "train", ("images", "queries", "occupancy"))
     val = _frames_of(work, "validation", ("images", "queries", "occupancy"))
@@ -776,7 +781,7 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
 
     def checkpoint() -> None:
         _save({"cond": cond.state_dict(), "probe": probe.state_dict(), "opt": opt.state_dict(), "step": step,
-               "history": history, "best": best}, ckpt_path)
+               "history": history, "best": best, "lr": lr, "augment": augment, "head": head}, ckpt_path)
 
     while step < r.encoder_steps and (cpu_minutes is None or time.process_time() - cpu0 < 60 * cpu_minutes):
         gen = torch.Generator().manual_seed(r.train_seed * 1_000_033 + step)
@@ -813,7 +818,7 @@ def encoder(work: Path = Path(__file__).parent / "work", cpu_minutes: float = ty
     checkpoint()
     if step >= r.encoder_steps or cpu_minutes is not None:
         chosen = torch.load(best_path, weights_only=True)
-        _save({**chosen, "head": head, "history": history}, final)
+        _save({**chosen, "head": head, "lr": lr, "augment": augment, "history": history}, final)
         log(f"{name}: done; best validation IoU {chosen['iou']:.3f} at step {chosen['step']}")
 
 
